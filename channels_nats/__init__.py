@@ -1,0 +1,28 @@
+"""Django Channels channel layer over NATS."""
+
+from __future__ import annotations
+
+from .exceptions import (
+    ChannelFull,
+    ConnectionUnavailable,
+    InvalidChannelLayerError,
+    LayerClosed,
+    MessageTooLarge,
+    NatsLayerError,
+    NormalChannelsUnavailable,
+)
+from .layer import NatsChannelLayer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ChannelFull",
+    "ConnectionUnavailable",
+    "InvalidChannelLayerError",
+    "LayerClosed",
+    "MessageTooLarge",
+    "NatsChannelLayer",
+    "NatsLayerError",
+    "NormalChannelsUnavailable",
+    "__version__",
+]

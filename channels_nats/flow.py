@@ -1,0 +1,124 @@
+"""Credit-based back-pressure for specific channels in other processes.
+
+A sender holds a window of credits per target channel, initially the
+channel's capacity. Each send takes one credit; with none left, ``send``
+raises ``ChannelFull`` instead of publishing a message the receiver would
+have to drop. The receiving process returns credits in batches as its
+consumers take messages (one small control publish per batch, sent after
+``receive()`` has returned, never on the latency path). A window whose
+credits have all been out for longer than ``expiry`` is refilled: those
+messages have expired by then, or their receiver is gone.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+__all__ = ["CreditBatcher", "CreditWindows"]
+
+
+class _Window:
+    __slots__ = ("available", "last_activity")
+
+    def __init__(self, available: int, now: float) -> None:
+        self.available = available
+        self.last_activity = now
+
+
+class CreditWindows:
+    """Sender side: credits per target channel."""
+
+    def __init__(self, capacity_of: Callable[[str], int], expiry: float) -> None:
+        self._capacity_of = capacity_of
+        self._expiry = expiry
+        self._lock = threading.Lock()
+        self._windows: dict[str, _Window] = {}
+
+    def take(self, channel: str) -> bool:
+        """Take one credit for ``channel``; False means the channel is full."""
+        now = time.monotonic()
+        with self._lock:
+            window = self._windows.get(channel)
+            if window is None:
+                window = self._windows[channel] = _Window(
+                    self._capacity_of(channel), now
+                )
+            if window.available <= 0:
+                if now - window.last_activity <= self._expiry:
+                    return False
+                window.available = self._capacity_of(channel)
+            window.available -= 1
+            window.last_activity = now
+            return True
+
+    def give_back(self, channel: str, n: int = 1) -> None:
+        """Return credits granted by the receiver (or unused by a failed send)."""
+        now = time.monotonic()
+        with self._lock:
+            window = self._windows.get(channel)
+            if window is None:
+                return
+            window.available = min(
+                window.available + n, self._capacity_of(channel)
+            )
+            window.last_activity = now
+            if window.available >= self._capacity_of(channel):
+                # Nothing outstanding: forget the window so that idle
+                # channels do not accumulate.
+                del self._windows[channel]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._windows.clear()
+
+
+class CreditBatcher:
+    """Receiver side: collect consumed counts per (sender, channel) and return them.
+
+    ``send(origin, channel, n)`` publishes one credit frame; it is called when
+    a pair has collected ``batch_of(channel)`` credits, or from :meth:`flush`,
+    which the owner schedules shortly after the first pending credit.
+    """
+
+    def __init__(
+        self,
+        batch_of: Callable[[str], int],
+        send: Callable[[str, str, int], None],
+        schedule_flush: Callable[[], None],
+    ) -> None:
+        self._batch_of = batch_of
+        self._send = send
+        self._schedule_flush = schedule_flush
+        self._lock = threading.Lock()
+        self._pending: dict[tuple[str, str], int] = {}
+        self._flush_scheduled = False
+
+    def consumed(self, origin: str, channel: str, n: int = 1) -> None:
+        key = (origin, channel)
+        schedule = False
+        with self._lock:
+            count = self._pending.get(key, 0) + n
+            if count >= self._batch_of(channel):
+                self._pending.pop(key, None)
+            else:
+                self._pending[key] = count
+                count = 0
+                if not self._flush_scheduled:
+                    self._flush_scheduled = schedule = True
+        if count:
+            self._send(origin, channel, count)
+        if schedule:
+            self._schedule_flush()
+
+    def flush(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, {}
+            self._flush_scheduled = False
+        for (origin, channel), n in pending.items():
+            self._send(origin, channel, n)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._pending.clear()

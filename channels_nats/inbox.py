@@ -1,0 +1,237 @@
+"""Per-channel buffers of the channels this process owns.
+
+The inbox is shared by every event loop of the process: messages are put in
+by whichever loop received them from NATS (or by the sender itself for a
+local send), and ``receive()`` may wait on any loop. A waiter is woken on its
+own loop (``call_soon_threadsafe`` when that is another thread's loop) and
+then takes the message itself, so a ``receive()`` cancelled at any point
+leaves the message in the buffer for the next receiver.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import NamedTuple
+
+from .exceptions import LayerClosed
+from .stats import Stats
+
+__all__ = ["Entry", "Inbox"]
+
+
+class Entry(NamedTuple):
+    sent_at: float
+    body: bytes
+    origin: str
+
+
+class _Buffer:
+    __slots__ = ("items", "waiters")
+
+    def __init__(self) -> None:
+        self.items: deque[Entry] = deque()
+        self.waiters: deque[asyncio.Future[None]] = deque()
+
+
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+def _fail(fut: asyncio.Future[None], exc: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(exc)
+
+
+def _call_on_loop(fut: asyncio.Future[None], fn: Callable[..., None], *args: object) -> None:
+    loop = fut.get_loop()
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if running is loop:
+        fn(fut, *args)
+    else:
+        try:
+            loop.call_soon_threadsafe(fn, fut, *args)
+        except RuntimeError:  # that loop is closed: nobody waits there any more
+            pass
+
+
+class Inbox:
+    """Buffers of this process's channels, usable from any thread and loop."""
+
+    def __init__(
+        self,
+        expiry: float,
+        capacity_of: Callable[[str], int],
+        stats: Stats,
+        on_consumed: Callable[[str, str, int], None],
+    ) -> None:
+        self._expiry = expiry
+        self._capacity_of = capacity_of
+        self._stats = stats
+        # Called as on_consumed(origin, channel, n) for messages of other
+        # processes leaving the buffer, so their credit returns to the sender.
+        self._on_consumed = on_consumed
+        self._lock = threading.Lock()
+        self._buffers: dict[str, _Buffer] = {}
+        self._closed: BaseException | None = None
+
+    def _purge_expired(self, channel: str, buf: _Buffer, now: float) -> list[Entry]:
+        expired = []
+        deadline = now - self._expiry
+        while buf.items and buf.items[0].sent_at < deadline:
+            expired.append(buf.items.popleft())
+        return expired
+
+    def _report_expired(self, channel: str, expired: list[Entry]) -> None:
+        if not expired:
+            return
+        self._stats.drop(
+            "dropped_expired",
+            "channels_nats: dropped %d message(s) for %s older than expiry=%ss",
+            len(expired),
+            channel,
+            self._expiry,
+            n=len(expired),
+        )
+        self._return_credit(channel, expired)
+
+    def _return_credit(self, channel: str, entries: list[Entry]) -> None:
+        per_origin: dict[str, int] = {}
+        for entry in entries:
+            per_origin[entry.origin] = per_origin.get(entry.origin, 0) + 1
+        for origin, n in per_origin.items():
+            self._on_consumed(origin, channel, n)
+
+    def full(self, channel: str) -> bool:
+        """Whether ``channel`` holds ``capacity`` unexpired messages already."""
+        with self._lock:
+            buf = self._buffers.get(channel)
+            if buf is None:
+                return False
+            expired = self._purge_expired(channel, buf, time.time())
+            full = len(buf.items) >= self._capacity_of(channel)
+        self._report_expired(channel, expired)
+        return full
+
+    def put(self, channel: str, entry: Entry, *, enforce_capacity: bool) -> bool:
+        """Buffer ``entry`` and wake one waiter; return False if it was dropped.
+
+        ``enforce_capacity`` is False for messages that arrive on credit
+        granted to their sender: those fit in the window the sender was given.
+        """
+        waiter = None
+        with self._lock:
+            if self._closed is not None:
+                return False
+            buf = self._buffers.get(channel)
+            if buf is None:
+                buf = self._buffers[channel] = _Buffer()
+            expired = self._purge_expired(channel, buf, time.time()) if buf.items else []
+            if enforce_capacity and len(buf.items) >= self._capacity_of(channel):
+                accepted = False
+            else:
+                buf.items.append(entry)
+                accepted = True
+                while buf.waiters:
+                    fut = buf.waiters.popleft()
+                    if not fut.done():
+                        waiter = fut
+                        break
+        self._report_expired(channel, expired)
+        if waiter is not None:
+            _call_on_loop(waiter, _wake)
+        return accepted
+
+    async def get(self, channel: str) -> Entry:
+        """Wait for and take the next unexpired message of ``channel``."""
+        loop = asyncio.get_running_loop()
+        while True:
+            with self._lock:
+                if self._closed is not None:
+                    raise LayerClosed("the channel layer was closed") from self._closed
+                buf = self._buffers.get(channel)
+                if buf is None:
+                    buf = self._buffers[channel] = _Buffer()
+                expired = self._purge_expired(channel, buf, time.time())
+                entry = buf.items.popleft() if buf.items else None
+                if entry is None:
+                    fut: asyncio.Future[None] = loop.create_future()
+                    buf.waiters.append(fut)
+            self._report_expired(channel, expired)
+            if entry is not None:
+                return entry
+            try:
+                await fut
+            except asyncio.CancelledError:
+                self._abandon(channel, fut)
+                raise
+
+    def _abandon(self, channel: str, fut: asyncio.Future[None]) -> None:
+        # A waiter was cancelled. If a put() had already picked it to wake,
+        # pass that wake-up on, or the message would wait for the next put().
+        successor = None
+        with self._lock:
+            buf = self._buffers.get(channel)
+            if buf is None:
+                return
+            try:
+                buf.waiters.remove(fut)
+            except ValueError:
+                if buf.items:
+                    while buf.waiters:
+                        candidate = buf.waiters.popleft()
+                        if not candidate.done():
+                            successor = candidate
+                            break
+        if successor is not None:
+            _call_on_loop(successor, _wake)
+
+    def sweep(self) -> None:
+        """Drop expired messages and forget idle, empty buffers."""
+        now = time.time()
+        reports = []
+        with self._lock:
+            for channel, buf in list(self._buffers.items()):
+                expired = self._purge_expired(channel, buf, now)
+                if expired:
+                    reports.append((channel, expired))
+                if not buf.items and not buf.waiters:
+                    del self._buffers[channel]
+        for channel, expired in reports:
+            self._report_expired(channel, expired)
+
+    def clear(self) -> int:
+        """Discard every buffered message (flush); waiters keep waiting."""
+        dropped: list[tuple[str, list[Entry]]] = []
+        with self._lock:
+            for channel, buf in self._buffers.items():
+                if buf.items:
+                    dropped.append((channel, list(buf.items)))
+                    buf.items.clear()
+        total = sum(len(entries) for _, entries in dropped)
+        if total:
+            self._stats.incr("dropped_flushed", total)
+        return total
+
+    def close(self) -> None:
+        """Fail every waiting ``get()`` with :class:`LayerClosed`."""
+        with self._lock:
+            self._closed = LayerClosed("the channel layer was closed")
+            waiters = [f for buf in self._buffers.values() for f in buf.waiters]
+            pending = sum(len(buf.items) for buf in self._buffers.values())
+            self._buffers.clear()
+        if pending:
+            self._stats.incr("dropped_flushed", pending)
+        for fut in waiters:
+            _call_on_loop(fut, _fail, LayerClosed("the channel layer was closed"))
+
+    def __len__(self) -> int:
+        with self._lock:
+            return sum(len(buf.items) for buf in self._buffers.values())

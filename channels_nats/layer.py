@@ -1,0 +1,138 @@
+"""``NatsChannelLayer``: the Channels layer API over NATS.
+
+This module stays thin: it validates names and hands each call to the
+process's :class:`~channels_nats.transport.Transport`.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from channels.layers import BaseChannelLayer
+
+from .config import LayerConfig, parse_config
+from .exceptions import NormalChannelsUnavailable
+from .transport import Transport
+
+__all__ = ["NatsChannelLayer"]
+
+_NORMAL_CHANNELS = (
+    "Normal channels (names without '!', such as {name!r}) are served over "
+    "JetStream, which this version of channels_nats does not provide yet. Use "
+    "specific channels from new_channel() and groups, or keep such channels on "
+    "another layer for now."
+)
+
+
+class NatsChannelLayer(BaseChannelLayer):  # type: ignore[misc]
+    """Channel layer that moves messages between processes over NATS.
+
+    Configure it in ``CHANNEL_LAYERS``; every ``CONFIG`` key is a keyword
+    argument here (see :mod:`channels_nats.config` and the README).
+    """
+
+    extensions = ["groups", "flush"]
+
+    def __init__(self, **config: Any) -> None:
+        self.config: LayerConfig = parse_config(config)
+        super().__init__(
+            expiry=self.config.expiry,
+            capacity=self.config.capacity,
+            channel_capacity=dict(self.config.channel_capacity),
+        )
+        self.channel_capacity = self.compile_capacities(self.channel_capacity)
+        self.prefix = self.config.prefix
+        self.group_expiry = self.config.group_expiry
+        self._transport: Transport | None = None
+        self._transport_lock = threading.Lock()
+
+    @property
+    def transport(self) -> Transport:
+        """The process-side transport, created on first use (again after close)."""
+        transport = self._transport
+        if transport is None or transport.closed:
+            with self._transport_lock:
+                transport = self._transport
+                if transport is None or transport.closed:
+                    transport = self._transport = Transport(
+                        self.config, self.get_capacity
+                    )
+        return transport
+
+    @property
+    def client_id(self) -> str:
+        """The id of this process's layer instance, part of its channel names."""
+        return self.transport.client_id
+
+    def _require_specific(self, channel: str) -> None:
+        if "!" not in channel:
+            raise NormalChannelsUnavailable(_NORMAL_CHANNELS.format(name=channel))
+
+    # -- channels --------------------------------------------------------------
+
+    async def send(self, channel: str, message: dict[str, Any]) -> None:
+        """Send ``message`` to ``channel``; raise ``ChannelFull`` if it is full."""
+        self.require_valid_channel_name(channel)
+        self._require_specific(channel)
+        if isinstance(message, dict) and "__asgi_channel__" in message:
+            raise ValueError("The message key '__asgi_channel__' is reserved.")
+        await self.transport.send(channel, message)
+
+    async def receive(self, channel: str) -> dict[str, Any]:
+        """Return the next message on ``channel``, waiting for one."""
+        self.require_valid_channel_name(channel)
+        self._require_specific(channel)
+        return await self.transport.receive(channel)
+
+    async def new_channel(self, prefix: str = "specific") -> str:
+        """Return a new channel name that this process can receive on at once."""
+        name = await self.transport.new_channel(prefix)
+        self.require_valid_channel_name(name)
+        return name
+
+    # -- groups ----------------------------------------------------------------
+
+    async def group_add(self, group: str, channel: str) -> None:
+        """Add ``channel`` to ``group``; return once group_send reaches it."""
+        self.require_valid_group_name(group)
+        self.require_valid_channel_name(channel)
+        self._require_specific(channel)
+        await self.transport.group_add(group, channel)
+
+    async def group_discard(self, group: str, channel: str) -> None:
+        """Remove ``channel`` from ``group``."""
+        self.require_valid_group_name(group)
+        self.require_valid_channel_name(channel)
+        self._require_specific(channel)
+        await self.transport.group_discard(group, channel)
+
+    async def group_send(self, group: str, message: dict[str, Any]) -> None:
+        """Send ``message`` to every member of ``group`` with one publish."""
+        self.require_valid_group_name(group)
+        await self.transport.group_send(group, message)
+
+    # -- housekeeping ----------------------------------------------------------
+
+    async def flush(self) -> None:
+        """Discard queued messages and group memberships of this prefix everywhere."""
+        await self.transport.flush()
+
+    async def close(self) -> None:
+        """Fail waiting receives, drain publishes and close the connections.
+
+        The layer can be used again afterwards; it then starts afresh, with a
+        new client id.
+        """
+        transport = self._transport
+        if transport is not None:
+            await transport.close()
+
+    def stats(self) -> dict[str, Any]:
+        """Return counters of drops and refusals plus a few live gauges."""
+        transport = self._transport
+        if transport is None:
+            from .stats import Stats
+
+            return {**Stats().snapshot(), "buffered": 0, "groups": 0, "connections": 0}
+        return transport.snapshot()

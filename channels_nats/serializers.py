@@ -1,0 +1,141 @@
+"""Message encoding: msgpack bodies, optional Fernet encryption, wire envelopes.
+
+A message body is the msgpack encoding of the message dict, encrypted with
+the first of ``symmetric_encryption_keys`` when keys are configured (any key
+decrypts, so keys can be rotated). Frames on the wire are msgpack arrays:
+
+* data frame ``[1, kind, origin, target, sent_at, body]`` with ``kind``
+  :data:`DIRECT` (``target`` is a channel) or :data:`GROUP` (a group);
+* control frame ``[1, kind, origin, *args]`` for credits, remote group
+  membership and flush.
+
+Anything else is a :class:`MalformedFrame`, counted by the receiver and never
+raised into a consumer.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import msgpack
+
+__all__ = [
+    "DIRECT",
+    "GROUP",
+    "CREDIT",
+    "GROUP_ADD",
+    "GROUP_DISCARD",
+    "FLUSH",
+    "Frame",
+    "MalformedFrame",
+    "Serializer",
+    "pack_control",
+    "pack_data",
+    "unpack_frame",
+]
+
+VERSION = 1
+DIRECT = 0
+GROUP = 1
+CREDIT = 10
+GROUP_ADD = 11
+GROUP_DISCARD = 12
+FLUSH = 13
+
+_DATA_KINDS = (DIRECT, GROUP)
+_CONTROL_ARITY = {CREDIT: 2, GROUP_ADD: 2, GROUP_DISCARD: 2, FLUSH: 0}
+
+
+class MalformedFrame(ValueError):
+    """A frame from the wire that is not a valid channels_nats frame."""
+
+
+class Frame(NamedTuple):
+    kind: int
+    origin: str
+    args: tuple[Any, ...]
+
+
+def pack_data(kind: int, origin: str, target: str, sent_at: float, body: bytes) -> bytes:
+    return msgpack.packb([VERSION, kind, origin, target, sent_at, body])  # type: ignore[no-any-return]
+
+
+def pack_control(kind: int, origin: str, *args: Any) -> bytes:
+    return msgpack.packb([VERSION, kind, origin, *args])  # type: ignore[no-any-return]
+
+
+def unpack_frame(data: bytes) -> Frame:
+    """Decode a wire frame; raise :class:`MalformedFrame` for anything invalid."""
+    try:
+        obj = msgpack.unpackb(data)
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise MalformedFrame(f"not msgpack: {exc}") from None
+    if not isinstance(obj, list) or len(obj) < 3 or obj[0] != VERSION:
+        raise MalformedFrame("not a channels_nats v1 frame")
+    kind, origin = obj[1], obj[2]
+    if not isinstance(origin, str) or not isinstance(kind, int):
+        raise MalformedFrame("bad frame header")
+    args = tuple(obj[3:])
+    if kind in _DATA_KINDS:
+        if (
+            len(args) != 3
+            or not isinstance(args[0], str)
+            or not isinstance(args[1], (int, float))
+            or not isinstance(args[2], bytes)
+        ):
+            raise MalformedFrame("bad data frame")
+    elif _CONTROL_ARITY.get(kind) != len(args) or not all(
+        isinstance(a, (str, int)) for a in args
+    ):
+        raise MalformedFrame(f"bad control frame of kind {kind!r}")
+    return Frame(kind, origin, args)
+
+
+def _fernet_key(secret: bytes) -> bytes:
+    # Same derivation as channels_redis, so a shared secret means the same key.
+    return base64.urlsafe_b64encode(hashlib.sha256(secret).digest())
+
+
+class Serializer:
+    """Encode message dicts to bodies and back, encrypting when keys are set."""
+
+    def __init__(self, keys: Sequence[bytes] = ()) -> None:
+        self._crypter: Any = None
+        if keys:
+            from cryptography.fernet import Fernet, MultiFernet
+
+            self._crypter = MultiFernet([Fernet(_fernet_key(k)) for k in keys])
+
+    def dumps(self, message: Any) -> bytes:
+        """Return the body for ``message``; raise ``TypeError`` if it cannot be sent."""
+        if not isinstance(message, dict):
+            raise TypeError(
+                f"A channel layer message must be a dict, got {type(message).__name__}."
+            )
+        for key in message:
+            if not isinstance(key, str):
+                raise TypeError(
+                    f"Message keys must be str, got {key!r} ({type(key).__name__})."
+                )
+        try:
+            body: bytes = msgpack.packb(message)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise TypeError(f"Message could not be serialized with msgpack: {exc}") from exc
+        if self._crypter is not None:
+            body = self._crypter.encrypt(body)
+        return body
+
+    def loads(self, body: bytes) -> dict[str, Any]:
+        """Decode a body; raise :class:`MalformedFrame` if it is not a message."""
+        try:
+            if self._crypter is not None:
+                body = self._crypter.decrypt(body)
+            message = msgpack.unpackb(body, strict_map_key=False)
+        except Exception as exc:
+            raise MalformedFrame(f"undecodable message body: {type(exc).__name__}") from None
+        if not isinstance(message, dict):
+            raise MalformedFrame("message body is not a dict")
+        return message

@@ -1,0 +1,65 @@
+"""Counters of what the layer dropped or refused, and rate-limited warnings.
+
+Nothing is dropped silently: each drop increments a counter readable through
+``NatsChannelLayer.stats()`` and logs a WARNING, at most once per interval per
+kind so that a flood of drops cannot flood the log.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+
+logger = logging.getLogger("channels_nats")
+
+#: Counter names, documented in the README ("Observability").
+COUNTERS = (
+    "dropped_capacity",  # group message to a full channel buffer
+    "dropped_expired",  # message older than ``expiry`` when it was to be received
+    "dropped_slow_consumer",  # nats-py dropped a message: subscription over its limits
+    "dropped_flushed",  # queued messages discarded by flush() or close()
+    "dropped_publish_failed",  # fire-and-forget publish failed after the caller returned
+    "malformed_frames",  # frames from the wire that could not be decoded
+    "refused_channel_full",  # send() raised ChannelFull
+    "reconnects",
+    "disconnects",
+)
+
+
+class Stats:
+    """Thread-safe counters plus a rate-limited WARNING per counter."""
+
+    def __init__(self, warn_interval: float = 10.0) -> None:
+        self._lock = threading.Lock()
+        self._counts: Counter[str] = Counter({name: 0 for name in COUNTERS})
+        self._warn_interval = warn_interval
+        self._last_warn: dict[str, float] = {}
+        self._suppressed: Counter[str] = Counter()
+
+    def incr(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self._counts[name] += n
+
+    def drop(self, name: str, msg: str, *args: object, n: int = 1) -> None:
+        """Count ``n`` drops of kind ``name`` and log a rate-limited WARNING."""
+        now = time.monotonic()
+        with self._lock:
+            self._counts[name] += n
+            last = self._last_warn.get(name)
+            if last is not None and now - last < self._warn_interval:
+                self._suppressed[name] += n
+                return
+            self._last_warn[name] = now
+            suppressed = self._suppressed.pop(name, 0)
+        if suppressed:
+            logger.warning(
+                msg + " (%d more since the last warning)", *args, suppressed
+            )
+        else:
+            logger.warning(msg, *args)
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)

@@ -1,0 +1,620 @@
+"""The process side of a layer: where its subscriptions live and how frames move.
+
+Data flow of one layer instance (one per process and CHANNEL_LAYERS alias)::
+
+    send / group_send ──► Serializer ──► local Inbox (own channels, no broker)
+                                   └──► Link.publish ──► NATS
+    NATS ──► home Link ──► _on_message ──► Inbox / GroupRegistry / CreditWindows
+    receive ◄── Inbox.get (any loop) ──► CreditBatcher ──► credit frame to sender
+
+The *home* link holds the process's subscriptions (its process subject, its
+control subject, the broadcast subject and one subject per group with local
+members). It is the link of the first long-lived loop that uses the layer,
+or of the layer's I/O thread when only short-lived (``async_to_sync``) loops
+do. When the home loop shuts down the subscriptions move to the I/O thread,
+and the first ``receive()`` on a long-lived loop moves them back, so channels
+outlive the loops that made them. Subscriptions use the client id as queue
+group, so while both links hold them during a move each message reaches
+exactly one of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import concurrent.futures
+import contextlib
+import logging
+import secrets
+import threading
+import time
+import weakref
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import nats.errors
+from asgiref.sync import AsyncToSync
+
+from .config import LayerConfig
+from .connection import IOThread, Link
+from .exceptions import ChannelFull, MessageTooLarge, NatsLayerError
+from .flow import CreditBatcher, CreditWindows
+from .groups import GroupRegistry
+from .inbox import Entry, Inbox
+from .serializers import (
+    CREDIT,
+    DIRECT,
+    FLUSH,
+    GROUP,
+    GROUP_ADD,
+    GROUP_DISCARD,
+    MalformedFrame,
+    Serializer,
+    pack_control,
+    pack_data,
+    unpack_frame,
+)
+from .stats import Stats
+from .subjects import Subjects, owner_of
+
+__all__ = ["Transport"]
+
+logger = logging.getLogger("channels_nats")
+
+CREDIT_FLUSH_DELAY = 0.02
+
+
+def _is_short_lived(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether ``loop`` is one that ``async_to_sync`` made for a single call."""
+    return loop in AsyncToSync.loop_thread_executors
+
+
+class Transport:
+    """Everything one layer instance does in one process."""
+
+    def __init__(self, config: LayerConfig, capacity_of: Callable[[str], int]) -> None:
+        self.config = config
+        self.client_id = secrets.token_hex(6)
+        self.subjects = Subjects(config.prefix)
+        self.serializer = Serializer(config.symmetric_encryption_keys)
+        self.stats = Stats()
+        self._capacity_of = capacity_of
+        self.inbox = Inbox(config.expiry, capacity_of, self.stats, self._consumed)
+        self.groups = GroupRegistry(config.group_expiry)
+        self.windows = CreditWindows(capacity_of, config.expiry)
+        self.credits = CreditBatcher(
+            lambda ch: max(1, capacity_of(ch) // 4),
+            self._send_credit,
+            self._schedule_credit_flush,
+        )
+        self._process_subject = self.subjects.process(self.client_id)
+        self._lock = threading.Lock()
+        self._links: dict[asyncio.AbstractEventLoop, Link] = {}
+        self._connecting: dict[asyncio.AbstractEventLoop, asyncio.Future[Link]] = {}
+        self._watchers: dict[asyncio.AbstractEventLoop, AsyncIterator[None]] = {}
+        self._io: IOThread | None = None
+        self._io_link: concurrent.futures.Future[Link] | None = None
+        self._home: Link | None = None
+        self._moving: concurrent.futures.Future[None] | None = None
+        self._sweeper: tuple[Link, asyncio.Task[None]] | None = None
+        self.max_payload = 1024 * 1024
+        self.closed = False
+        atexit.register(_close_at_exit, weakref.ref(self))
+
+    # -- links -----------------------------------------------------------------
+
+    async def link(self) -> Link:
+        """Return the link to use from the running loop, connecting if needed."""
+        loop = asyncio.get_running_loop()
+        link = self._links.get(loop)
+        if link is not None and not link.closed:
+            return link
+        if self.closed:
+            raise NatsLayerError("the transport is closed")
+        if _is_short_lived(loop):
+            return await self._io_thread_link()
+        fut = self._connecting.get(loop)
+        if fut is not None:
+            return await asyncio.shield(fut)
+        fut = self._connecting[loop] = loop.create_future()
+        try:
+            link = await self._open_link(loop, f"loop-{id(loop):x}")
+            await self._watch(loop)
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                fut.cancel()
+            else:
+                fut.set_exception(exc)
+                fut.exception()
+            raise
+        else:
+            fut.set_result(link)
+            return link
+        finally:
+            self._connecting.pop(loop, None)
+
+    async def _open_link(self, loop: asyncio.AbstractEventLoop, label: str) -> Link:
+        link = Link(
+            self.config,
+            loop,
+            queue=self.client_id,
+            label=f"{self.client_id}/{label}",
+            on_message=self._on_message,
+            stats=self.stats,
+        )
+        await link.connect()
+        self.max_payload = link.max_payload
+        self._links[loop] = link
+        return link
+
+    async def _io_thread_link(self) -> Link:
+        with self._lock:
+            if self.closed:
+                raise NatsLayerError("the transport is closed")
+            if self._io is None or not self._io.alive:
+                self._io = IOThread(f"channels_nats-{self.client_id}")
+                self._io_link = None
+            cf = self._io_link
+            if cf is None or (cf.done() and cf.exception() is not None):
+                io = self._io
+                cf = self._io_link = io.submit(self._open_link(io.loop, "io-thread"))
+        return await asyncio.wrap_future(cf)
+
+    async def _watch(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Get told, while ``loop`` still runs, that it is shutting down.
+
+        ``asyncio.run()``, ``asyncio.Runner`` and asgiref close the async
+        generators of a loop before closing it; this one's ``finally`` then
+        moves the subscriptions away and closes the loop's link.
+        """
+
+        async def watcher() -> AsyncIterator[None]:
+            try:
+                yield
+            finally:
+                await self._loop_ending(loop)
+
+        agen = watcher()
+        await agen.__anext__()
+        self._watchers[loop] = agen
+
+    async def _loop_ending(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._watchers.pop(loop, None)
+        link = self._links.pop(loop, None)
+        if link is None or self.closed:
+            return
+        if self._home is link:
+            try:
+                await self._move_home(await self._io_thread_link(), leaving=link)
+            except Exception:
+                logger.warning(
+                    "channels_nats: could not move subscriptions off a closing "
+                    "event loop; messages to this process may be lost until the "
+                    "next call",
+                    exc_info=True,
+                )
+        await link.close()
+
+    # -- home ------------------------------------------------------------------
+
+    def _wanted_subjects(self) -> list[str]:
+        subjects = [
+            self._process_subject,
+            self.subjects.control(self.client_id),
+            self.subjects.broadcast,
+        ]
+        subjects.extend(self.subjects.group(g) for g in self.groups.names())
+        return subjects
+
+    async def home(self) -> Link:
+        """Return the link holding the subscriptions, establishing it if needed."""
+        home = self._home
+        if home is not None and home.usable:
+            return home
+        await self._move_home(await self.link())
+        home = self._home
+        assert home is not None
+        return home
+
+    async def _move_home(self, new: Link, leaving: Link | None = None) -> None:
+        with self._lock:
+            moving = self._moving
+            if moving is None:
+                mine = self._moving = concurrent.futures.Future()
+        if moving is not None:
+            await asyncio.wrap_future(moving)
+            if self._home is not None and self._home.usable:
+                return
+            return await self._move_home(new, leaving)
+        try:
+            old = self._home
+            if old is not new:
+                wanted = self._wanted_subjects()
+                await new.run(new.ensure_subscribed, wanted)
+                self._home = new
+                extra = set(self._wanted_subjects()) - set(wanted)
+                if extra:
+                    await new.run(new.ensure_subscribed, extra)
+                self._start_sweeper(new)
+                if old is not None and old is not leaving and old.usable:
+                    with contextlib.suppress(Exception):
+                        await old.run(old.unsubscribe_all)
+                logger.debug(
+                    "channels_nats: subscriptions of %s now on %s",
+                    self.client_id,
+                    new.label,
+                )
+            mine.set_result(None)
+        except BaseException as exc:
+            mine.set_exception(exc)
+            raise
+        finally:
+            with self._lock:
+                self._moving = None
+
+    def _start_sweeper(self, home: Link) -> None:
+        if self._sweeper is not None:
+            old_link, old_task = self._sweeper
+            with contextlib.suppress(RuntimeError):
+                old_link.loop.call_soon_threadsafe(old_task.cancel)
+        holder: list[asyncio.Task[None]] = []
+
+        def start() -> None:
+            task = home.spawn(self._sweep_forever(home))
+            holder.append(task)
+            self._sweeper = (home, task)
+
+        home.loop.call_soon_threadsafe(start)
+
+    async def _sweep_forever(self, home: Link) -> None:
+        interval = max(0.5, min(self.config.expiry, 30.0) / 2)
+        while True:
+            await asyncio.sleep(interval)
+            self.inbox.sweep()
+            for group in self.groups.sweep():
+                await home.unsubscribe(self.subjects.group(group))
+
+    # -- incoming frames ---------------------------------------------------------
+
+    def _on_message(self, subject: str, data: bytes, reply: str, link: Link) -> None:
+        try:
+            frame = unpack_frame(data)
+        except MalformedFrame as exc:
+            self.stats.drop(
+                "malformed_frames",
+                "channels_nats: dropped a malformed frame on %s: %s",
+                subject,
+                exc,
+            )
+            return
+        if frame.origin == self.client_id:
+            return  # our own publish: local members already have it
+        kind, args = frame.kind, frame.args
+        if kind == DIRECT:
+            channel, sent_at, body = args
+            if owner_of(channel) != self.client_id:
+                self.stats.drop(
+                    "malformed_frames",
+                    "channels_nats: dropped a frame for %s, not a channel of this "
+                    "process",
+                    channel,
+                )
+                return
+            self.inbox.put(
+                channel, Entry(sent_at, body, frame.origin), enforce_capacity=False
+            )
+        elif kind == GROUP:
+            group, sent_at, body = args
+            entry = Entry(sent_at, body, "")
+            for channel in self.groups.members(group):
+                self._deliver_group(group, channel, entry)
+        elif kind == CREDIT:
+            channel, n = args
+            self.windows.give_back(channel, n)
+        elif kind in (GROUP_ADD, GROUP_DISCARD):
+            link.spawn(self._membership_request(kind, args, reply, link))
+        elif kind == FLUSH:
+            link.spawn(self._local_flush())
+        else:
+            self.stats.drop(
+                "malformed_frames",
+                "channels_nats: dropped a frame of unknown kind %r on %s",
+                kind,
+                subject,
+            )
+
+    def _deliver_group(self, group: str, channel: str, entry: Entry) -> None:
+        if not self.inbox.put(channel, entry, enforce_capacity=True):
+            self.stats.drop(
+                "dropped_capacity",
+                "channels_nats: group_send to %s dropped a message for %s: the "
+                "channel is at capacity",
+                group,
+                channel,
+            )
+
+    async def _membership_request(
+        self, kind: int, args: tuple[Any, ...], reply: str, link: Link
+    ) -> None:
+        group, channel = args
+        try:
+            if owner_of(channel) != self.client_id:
+                raise NatsLayerError(f"{channel} is not a channel of this process")
+            if kind == GROUP_ADD:
+                await self._add_local(group, channel)
+            else:
+                self._discard_local(group, channel)
+            answer = b"ok"
+        except Exception as exc:
+            logger.warning("channels_nats: membership request failed: %r", exc)
+            answer = f"error: {exc}".encode()
+        if reply:
+            await link.publish(reply, answer)
+
+    # -- credits -----------------------------------------------------------------
+
+    def _consumed(self, origin: str, channel: str, n: int) -> None:
+        if origin:
+            self.credits.consumed(origin, channel, n)
+
+    def _send_credit(self, origin: str, channel: str, n: int) -> None:
+        home = self._home
+        if home is None or not home.usable:
+            return
+        with contextlib.suppress(NatsLayerError):
+            home.publish_threadsafe(
+                self.subjects.control(origin),
+                pack_control(CREDIT, self.client_id, channel, n),
+            )
+
+    def _schedule_credit_flush(self) -> None:
+        home = self._home
+        if home is None or not home.usable:
+            self.credits.flush()
+            return
+        try:
+            home.loop.call_soon_threadsafe(
+                home.loop.call_later, CREDIT_FLUSH_DELAY, self.credits.flush
+            )
+        except RuntimeError:
+            self.credits.flush()
+
+    # -- operations ----------------------------------------------------------------
+
+    def _check_size(self, payload: bytes) -> None:
+        if len(payload) > self.max_payload:
+            raise MessageTooLarge(
+                f"The encoded message is {len(payload)} bytes; the NATS server "
+                f"accepts at most max_payload={self.max_payload}. Nothing was sent."
+            )
+
+    async def _publish(self, subject: str, payload: bytes) -> None:
+        link = await self.link()
+        self._check_size(payload)
+        if link.loop is asyncio.get_running_loop():
+            await link.publish(subject, payload)
+        else:
+            link.publish_threadsafe(subject, payload)
+
+    async def send(self, channel: str, message: dict[str, Any]) -> None:
+        body = self.serializer.dumps(message)
+        owner = owner_of(channel)
+        now = time.time()
+        if owner == self.client_id:
+            if not self.inbox.put(channel, Entry(now, body, ""), enforce_capacity=True):
+                self.stats.incr("refused_channel_full")
+                raise ChannelFull(channel)
+            return
+        payload = pack_data(DIRECT, self.client_id, channel, now, body)
+        link = await self.link()
+        self._check_size(payload)
+        if not self.windows.take(channel):
+            self.stats.incr("refused_channel_full")
+            raise ChannelFull(channel)
+        try:
+            if link.loop is asyncio.get_running_loop():
+                await link.publish(self.subjects.process(owner), payload)
+            else:
+                link.publish_threadsafe(self.subjects.process(owner), payload)
+        except BaseException:
+            self.windows.give_back(channel)
+            raise
+
+    async def receive(self, channel: str) -> dict[str, Any]:
+        await self._ensure_receiving()
+        while True:
+            entry = await self.inbox.get(channel)
+            if entry.origin:
+                self.credits.consumed(entry.origin, channel)
+            try:
+                return self.serializer.loads(entry.body)
+            except MalformedFrame as exc:
+                self.stats.drop(
+                    "malformed_frames",
+                    "channels_nats: dropped an undecodable message for %s: %s",
+                    channel,
+                    exc,
+                )
+
+    async def _ensure_receiving(self) -> None:
+        home = self._home
+        loop = asyncio.get_running_loop()
+        if home is not None and home.usable:
+            if home.loop is loop or _is_short_lived(loop):
+                return
+            io = self._io
+            if io is None or home.loop is not io.loop:
+                return  # another long-lived loop holds them: leave them there
+            # Subscriptions sit on the I/O thread; bring them to this loop so
+            # deliveries to it skip the thread hop.
+            await self._move_home(await self.link())
+            return
+        await self.home()
+
+    async def new_channel(self, prefix: str) -> str:
+        await self.home()
+        return f"{prefix}.{self.client_id}!{secrets.token_hex(8)}"
+
+    async def group_add(self, group: str, channel: str) -> None:
+        owner = owner_of(channel)
+        if owner == self.client_id:
+            await self._add_local(group, channel)
+        else:
+            await self._remote_membership(GROUP_ADD, owner, group, channel)
+
+    async def group_discard(self, group: str, channel: str) -> None:
+        owner = owner_of(channel)
+        if owner == self.client_id:
+            self._discard_local(group, channel)
+        else:
+            await self._remote_membership(GROUP_DISCARD, owner, group, channel)
+
+    async def _add_local(self, group: str, channel: str) -> None:
+        self.groups.add(group, channel)
+        subject = self.subjects.group(group)
+        while True:
+            home = await self.home()
+            if subject not in home.confirmed:
+                await home.run(home.ensure_subscribed, [subject])
+            if self._home is home:
+                return
+
+    def _discard_local(self, group: str, channel: str) -> None:
+        if not self.groups.discard(group, channel):
+            return
+        home = self._home
+        if home is None or not home.usable:
+            return
+        subject = self.subjects.group(group)
+
+        async def unsubscribe() -> None:
+            if not self.groups.has_members(group):
+                await home.unsubscribe(subject)
+
+        with contextlib.suppress(RuntimeError):
+            home.loop.call_soon_threadsafe(home.spawn, unsubscribe())
+
+    async def _remote_membership(
+        self, kind: int, owner: str, group: str, channel: str
+    ) -> None:
+        link = await self.link()
+        payload = pack_control(kind, self.client_id, group, channel)
+        subject = self.subjects.control(owner)
+        try:
+            answer = await link.run(
+                link.request, subject, payload, self.config.request_timeout
+            )
+        except nats.errors.NoRespondersError:
+            logger.warning(
+                "channels_nats: no process owns %s (it has closed); %s of %s ignored",
+                channel,
+                "group_add" if kind == GROUP_ADD else "group_discard",
+                group,
+            )
+            return
+        except nats.errors.TimeoutError as exc:
+            raise NatsLayerError(
+                f"The process owning {channel} did not confirm the membership change "
+                f"within request_timeout={self.config.request_timeout}s."
+            ) from exc
+        if answer != b"ok":
+            raise NatsLayerError(
+                f"The process owning {channel} refused the membership change: "
+                f"{answer.decode(errors='replace')}"
+            )
+
+    async def group_send(self, group: str, message: dict[str, Any]) -> None:
+        body = self.serializer.dumps(message)
+        now = time.time()
+        payload = pack_data(GROUP, self.client_id, group, now, body)
+        link = await self.link()
+        self._check_size(payload)
+        members = self.groups.members(group)
+        if members:
+            entry = Entry(now, body, "")
+            for channel in members:
+                self._deliver_group(group, channel, entry)
+        subject = self.subjects.group(group)
+        if link.loop is asyncio.get_running_loop():
+            await link.publish(subject, payload)
+        else:
+            link.publish_threadsafe(subject, payload)
+
+    async def flush(self) -> None:
+        link = await self.link()
+        await link.run(
+            self._publish_and_sync,
+            link,
+            self.subjects.broadcast,
+            pack_control(FLUSH, self.client_id),
+        )
+        await self._local_flush()
+
+    async def _publish_and_sync(self, link: Link, subject: str, payload: bytes) -> None:
+        await link.publish(subject, payload)
+        await link.barrier()
+
+    async def _local_flush(self) -> None:
+        self.inbox.clear()
+        self.windows.clear()
+        self.credits.clear()
+        emptied = self.groups.clear()
+        home = self._home
+        if home is not None and home.usable and emptied:
+            subjects = [self.subjects.group(g) for g in emptied]
+
+            async def unsubscribe() -> None:
+                for subject in subjects:
+                    if subject in home.confirmed:
+                        await home.unsubscribe(subject)
+
+            with contextlib.suppress(Exception):
+                await home.run(unsubscribe)
+
+    async def close(self) -> None:
+        """Fail waiting receives, drain and close every link, stop the I/O thread."""
+        if self.closed:
+            return
+        self.closed = True
+        self.inbox.close()
+        self.credits.flush()
+        links = list(self._links.values())
+        self._links.clear()
+        self._watchers.clear()
+        self._home = None
+        for link in links:
+            if not link.usable:
+                continue
+            try:
+                await asyncio.wait_for(link.run(link.close), 10.0)
+            except Exception as exc:
+                logger.debug("channels_nats: closing %s: %r", link.label, exc)
+        io = self._io
+        self._io = None
+        if io is not None:
+            await asyncio.get_running_loop().run_in_executor(None, io.stop)
+
+    def snapshot(self) -> dict[str, Any]:
+        counters: dict[str, Any] = self.stats.snapshot()
+        counters.update(
+            client_id=self.client_id,
+            buffered=len(self.inbox),
+            groups=len(self.groups.names()),
+            connections=sum(1 for link in self._links.values() if not link.closed),
+        )
+        return counters
+
+
+def _close_at_exit(ref: weakref.ref[Transport]) -> None:
+    """Flush what plain-thread callers handed to the I/O thread before exit."""
+    transport = ref()
+    if transport is None or transport.closed or transport._io is None:
+        return
+    io = transport._io
+    if not io.alive:
+        return
+    link = transport._links.get(io.loop)
+    if link is not None:
+        with contextlib.suppress(Exception):
+            io.submit(link.close()).result(timeout=5.0)
+    io.stop()
