@@ -23,6 +23,7 @@ COUNTERS = (
     "dropped_publish_failed",  # fire-and-forget publish failed after the caller returned
     "malformed_frames",  # frames from the wire that could not be decoded
     "refused_channel_full",  # send() raised ChannelFull
+    "connections_opened",  # TCP connections to NATS this layer has opened
     "reconnects",
     "disconnects",
 )

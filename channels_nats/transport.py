@@ -408,6 +408,10 @@ class Transport:
         payload = pack_data(DIRECT, self.client_id, channel, now, body)
         link = await self.link()
         self._check_size(payload)
+        home = self._home
+        if home is None or not home.usable:
+            # Credits for this send come back on our control subject.
+            await self.home()
         if not self.windows.take(channel):
             self.stats.incr("refused_channel_full")
             raise ChannelFull(channel)

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.layers import layer, make_layer, other  # noqa: F401
 from tests.servers import (
     NatsCluster,
     NatsServer,
@@ -31,7 +32,7 @@ def _require_binary() -> None:
 def nats_server() -> Iterator[NatsServer]:
     """A single JetStream-enabled server shared by the whole session."""
     _require_binary()
-    with NatsServer(name="session") as server:
+    with NatsServer(name="session", monitor=True) as server:
         yield server
 
 

@@ -62,13 +62,13 @@ class Peer:
             if not fut.done():
                 fut.set_exception(PeerError("peer process exited"))
 
-    async def call(self, op: str, timeout: float = 30, **args: Any) -> Any:
+    async def call(self, op: str, *, call_timeout: float = 30, **args: Any) -> Any:
         assert self.proc.stdin is not None
         ident = next(self._ids)
         fut = self._waiting[ident] = asyncio.get_running_loop().create_future()
         self.proc.stdin.write((json.dumps({"id": ident, "op": op, **args}) + "\n").encode())
         await self.proc.stdin.drain()
-        return await asyncio.wait_for(fut, timeout)
+        return await asyncio.wait_for(fut, call_timeout)
 
     async def stop(self) -> None:
         if self.proc.returncode is None:

@@ -1,0 +1,140 @@
+"""Sync callers: async_to_sync from plain threads, short-lived loops, loop changes.
+
+These tests are plain functions: async_to_sync refuses to run in a thread
+that already has a running loop, just as in a WSGI view or a Celery task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import threading
+import uuid
+
+import pytest
+from asgiref.sync import async_to_sync
+
+from channels_nats import NatsChannelLayer
+from tests.servers import wait_for
+
+
+@pytest.fixture
+def sync_layers(nats_server):
+    prefix = "s" + uuid.uuid4().hex[:10]
+    made = []
+
+    def factory(**config):
+        layer = NatsChannelLayer(servers=[nats_server.url], prefix=prefix, **config)
+        made.append(layer)
+        return layer
+
+    yield factory
+    for layer in made:
+        async_to_sync(layer.close)()
+
+
+def server_connections(server, client_id: str) -> int:
+    """Connections the server currently has from layer ``client_id``."""
+    conns = server.monitor_get("connz?limit=1000").get("connections") or []
+    return sum(1 for c in conns if client_id in (c.get("name") or ""))
+
+
+def test_channel_outlives_the_loop_that_created_it(sync_layers):
+    layer = sync_layers()
+    channel = async_to_sync(layer.new_channel)()
+    async_to_sync(layer.send)(channel, {"type": "local"})
+    assert async_to_sync(layer.receive)(channel) == {"type": "local"}
+
+
+def test_message_from_another_process_waits_while_no_loop_runs(sync_layers):
+    owner, sender = sync_layers(), sync_layers()
+    channel = async_to_sync(owner.new_channel)()
+    async_to_sync(owner.group_add)("room", channel)
+    # No loop of the owner runs now: its I/O thread holds the subscriptions.
+    async_to_sync(sender.send)(channel, {"type": "direct"})
+    async_to_sync(sender.group_send)("room", {"type": "group"})
+
+    async def receive_two():
+        return [
+            await asyncio.wait_for(owner.receive(channel), 5),
+            await asyncio.wait_for(owner.receive(channel), 5),
+        ]
+
+    assert async_to_sync(receive_two)() == [{"type": "direct"}, {"type": "group"}]
+
+
+def test_200_sync_group_sends_use_one_connection(sync_layers, nats_server):
+    receiver, sender = sync_layers(capacity=500), sync_layers()
+    channel = async_to_sync(receiver.new_channel)()
+    async_to_sync(receiver.group_add)("g", channel)
+    threads_before = threading.active_count()
+
+    def work():
+        for i in range(200):
+            async_to_sync(sender.group_send)("g", {"type": "m", "i": i})
+
+    worker = threading.Thread(target=work)  # a plain thread, like a WSGI worker
+    worker.start()
+    worker.join()
+
+    assert sender.stats()["connections_opened"] == 1
+    assert server_connections(nats_server, sender.client_id) == 1
+
+    async def receive_all():
+        return [(await asyncio.wait_for(receiver.receive(channel), 5))["i"] for _ in range(200)]
+
+    assert async_to_sync(receive_all)() == list(range(200))
+    # One I/O thread per layer at most; nothing else was left running.
+    assert threading.active_count() <= threads_before + 1
+    gc.collect()  # unclosed sockets or loops would warn here (warnings are errors)
+
+
+def test_subscriptions_follow_a_long_lived_loop_and_come_back(sync_layers):
+    owner, sender = sync_layers(), sync_layers()
+    channel = async_to_sync(owner.new_channel)()
+    io_loop = owner.transport._home.loop
+
+    async def long_lived():
+        # The first receive on a long-lived loop brings the subscriptions here.
+        await sender.send(channel, {"type": "one"})
+        first = await asyncio.wait_for(owner.receive(channel), 5)
+        assert owner.transport._home.loop is asyncio.get_running_loop()
+        return first
+
+    assert asyncio.run(long_lived()) == {"type": "one"}
+    # That loop has ended: the subscriptions are back on the I/O thread.
+    assert owner.transport._home.loop is io_loop
+    async_to_sync(sender.send)(channel, {"type": "two"})
+    assert async_to_sync(owner.receive)(channel) == {"type": "two"}
+    assert owner.stats()["dropped_expired"] == 0
+
+
+def test_sync_send_and_receive_across_layers_in_threads(sync_layers):
+    owner, sender = sync_layers(), sync_layers()
+    channel = async_to_sync(owner.new_channel)()
+    errors = []
+
+    def send_many():
+        try:
+            for i in range(50):
+                async_to_sync(sender.send)(channel, {"type": "m", "i": i})
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=send_many) for _ in range(2)]
+    for t in threads:
+        t.start()
+    got = [async_to_sync(owner.receive)(channel)["i"] for _ in range(100)]
+    for t in threads:
+        t.join()
+    assert not errors
+    assert sorted(got) == sorted(list(range(50)) * 2)
+
+
+def test_close_from_sync_code_stops_the_io_thread(sync_layers):
+    layer = sync_layers()
+    async_to_sync(layer.new_channel)()
+    io = layer.transport._io
+    assert io is not None and io.alive
+    async_to_sync(layer.close)()
+    wait_for(lambda: not io.alive, timeout=5)
