@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.apps import AppConfig
 
 
-class ChannelsNatsConfig(AppConfig):
+class ChannelsNatsConfig(AppConfig):  # type: ignore[misc]
     name = "channels_nats"
     verbose_name = "Channels NATS layer"
 

@@ -19,7 +19,7 @@ BACKEND = "channels_nats.NatsChannelLayer"
 _BACKENDS = {BACKEND, "channels_nats.layer.NatsChannelLayer"}
 
 
-@register()
+@register()  # type: ignore[untyped-decorator]
 def check_channel_layers(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """Report invalid ``CONFIG`` of NATS channel layers (``channels_nats.E001``)."""
     errors: list[CheckMessage] = []

@@ -231,7 +231,7 @@ def parse_config(config: Mapping[str, Any] | None = None, **kwargs: Any) -> Laye
     )
 
 
-def problems(config: Mapping[str, Any] | None) -> list[str]:
+def problems(config: Any) -> list[str]:
     """Return the configuration problems of ``config`` (empty when valid)."""
     if config is not None and not isinstance(config, Mapping):
         return [f"CONFIG must be a dict, got {type(config).__name__}."]

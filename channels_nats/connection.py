@@ -37,7 +37,7 @@ T = TypeVar("T")
 MessageHandler = Callable[[str, bytes, str, "Link"], None]
 
 
-class _GuardedClient(Client):  # type: ignore[misc]
+class _GuardedClient(Client):
     """A nats-py client with inline dispatch and a read loop that survives bad frames.
 
     Messages of the subscriptions registered in :attr:`direct` are handed to
@@ -144,7 +144,9 @@ class Link:
         self.nc = nc
         self._stats.incr("connections_opened")
         logger.info(
-            "channels_nats: %s connected to %s", self.label, nc.connected_url.netloc
+            "channels_nats: %s connected to %s",
+            self.label,
+            nc.connected_url.netloc if nc.connected_url else "?",
         )
 
     @property
@@ -186,7 +188,7 @@ class Link:
 
     def spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
         """Run ``coro`` as a task owned by this link (cancelled on close)."""
-        task = self.loop.create_task(coro)  # type: ignore[arg-type]
+        task: asyncio.Task[Any] = self.loop.create_task(coro)  # type: ignore[arg-type]
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
         return task
@@ -210,7 +212,10 @@ class Link:
             return await fn(*args)
         if self.loop.is_closed():
             raise NatsLayerError(f"the event loop of {self.label} is closed")
-        fut = asyncio.run_coroutine_threadsafe(fn(*args), self.loop)  # type: ignore[arg-type]
+        fut: concurrent.futures.Future[T] = asyncio.run_coroutine_threadsafe(
+            fn(*args),  # type: ignore[arg-type]
+            self.loop,
+        )
         return await asyncio.wrap_future(fut)
 
     # -- publishing ----------------------------------------------------------
@@ -218,7 +223,9 @@ class Link:
     def _require_nc(self) -> _GuardedClient:
         nc = self.nc
         if nc is None or nc.is_closed:
-            raise ConnectionUnavailable(f"the NATS connection of {self.label} is closed")
+            raise ConnectionUnavailable(
+                f"the NATS connection of {self.label} is closed"
+            )
         return nc
 
     async def publish(self, subject: str, payload: bytes) -> None:
@@ -241,7 +248,9 @@ class Link:
         except RuntimeError as exc:
             with self._outbox_lock:
                 self._outbox_scheduled = False
-            raise ConnectionUnavailable(f"the event loop of {self.label} is closed") from exc
+            raise ConnectionUnavailable(
+                f"the event loop of {self.label} is closed"
+            ) from exc
 
     def _start_outbox(self) -> None:
         self.spawn(self._drain_outbox())
@@ -283,7 +292,9 @@ class Link:
 
         async def flush() -> None:
             try:
-                await self._require_nc().flush(timeout=self._config.request_timeout)
+                await self._require_nc().flush(
+                    timeout=self._config.request_timeout  # type: ignore[arg-type]
+                )
             except Exception as exc:
                 if not fut.done():
                     fut.set_exception(

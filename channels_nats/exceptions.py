@@ -4,16 +4,16 @@ The tree::
 
     Exception
      ├── channels.exceptions.InvalidChannelLayerError
-     │    └── InvalidChannelLayerError        bad CHANNEL_LAYERS CONFIG (names the key)
-     ├── channels.exceptions.ChannelFull      re-exported: target channel over capacity
-     └── NatsLayerError                       base of every runtime error of this package
-          ├── ConnectionUnavailable          no NATS server answered within connect_timeout
-          │                                  (also a ConnectionError)
-          ├── LayerClosed                    the layer was closed while a receive() waited
-          ├── MessageTooLarge                encoded message over the server's max_payload
-          │                                  (also a ValueError)
-          └── NormalChannelsUnavailable      a normal (non-``!``) channel was used where
-                                             the layer cannot serve it
+     │    └── InvalidChannelLayerError    bad CHANNEL_LAYERS CONFIG (names the key)
+     ├── channels.exceptions.ChannelFull  re-exported: target channel over capacity
+     └── NatsLayerError                   base of the runtime errors of this package
+          ├── ConnectionUnavailable      no NATS server answered within
+          │                              connect_timeout (also a ConnectionError)
+          ├── LayerClosed                the layer was closed while receive() waited
+          ├── MessageTooLarge            encoded message over the server's
+          │                              max_payload (also a ValueError)
+          └── NormalChannelsUnavailable  a normal (non-``!``) channel was used
+                                         where the layer cannot serve it
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ __all__ = [
 ]
 
 
-class InvalidChannelLayerError(_ChannelsInvalidLayer):
+class InvalidChannelLayerError(_ChannelsInvalidLayer):  # type: ignore[misc]
     """The layer's configuration is invalid; the message names the key and a fix."""
 
 

@@ -60,9 +60,7 @@ class CreditWindows:
             window = self._windows.get(channel)
             if window is None:
                 return
-            window.available = min(
-                window.available + n, self._capacity_of(channel)
-            )
+            window.available = min(window.available + n, self._capacity_of(channel))
             window.last_activity = now
             if window.available >= self._capacity_of(channel):
                 # Nothing outstanding: forget the window so that idle

@@ -11,6 +11,7 @@ leaves the message in the buffer for the next receiver.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections import deque
@@ -47,7 +48,9 @@ def _fail(fut: asyncio.Future[None], exc: BaseException) -> None:
         fut.set_exception(exc)
 
 
-def _call_on_loop(fut: asyncio.Future[None], fn: Callable[..., None], *args: object) -> None:
+def _call_on_loop(
+    fut: asyncio.Future[None], fn: Callable[..., None], *args: object
+) -> None:
     loop = fut.get_loop()
     try:
         running = asyncio.get_running_loop()
@@ -56,10 +59,9 @@ def _call_on_loop(fut: asyncio.Future[None], fn: Callable[..., None], *args: obj
     if running is loop:
         fn(fut, *args)
     else:
-        try:
+        # RuntimeError: that loop is closed, so nobody waits there any more.
+        with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(fn, fut, *args)
-        except RuntimeError:  # that loop is closed: nobody waits there any more
-            pass
 
 
 class Inbox:
@@ -133,7 +135,9 @@ class Inbox:
             buf = self._buffers.get(channel)
             if buf is None:
                 buf = self._buffers[channel] = _Buffer()
-            expired = self._purge_expired(channel, buf, time.time()) if buf.items else []
+            expired = (
+                self._purge_expired(channel, buf, time.time()) if buf.items else []
+            )
             if enforce_capacity and len(buf.items) >= self._capacity_of(channel):
                 accepted = False
             else:

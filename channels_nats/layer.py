@@ -41,7 +41,9 @@ class NatsChannelLayer(BaseChannelLayer):  # type: ignore[misc]
             capacity=self.config.capacity,
             channel_capacity=dict(self.config.channel_capacity),
         )
-        self.channel_capacity = self.compile_capacities(self.channel_capacity)
+        self.channel_capacity: Any = self.compile_capacities(
+            dict(self.config.channel_capacity)
+        )
         self.prefix = self.config.prefix
         self.group_expiry = self.config.group_expiry
         self._transport: Transport | None = None

@@ -59,7 +59,9 @@ class Frame(NamedTuple):
     args: tuple[Any, ...]
 
 
-def pack_data(kind: int, origin: str, target: str, sent_at: float, body: bytes) -> bytes:
+def pack_data(
+    kind: int, origin: str, target: str, sent_at: float, body: bytes
+) -> bytes:
     return msgpack.packb([VERSION, kind, origin, target, sent_at, body])  # type: ignore[no-any-return]
 
 
@@ -123,7 +125,9 @@ class Serializer:
         try:
             body: bytes = msgpack.packb(message)
         except (TypeError, ValueError, OverflowError) as exc:
-            raise TypeError(f"Message could not be serialized with msgpack: {exc}") from exc
+            raise TypeError(
+                f"Message could not be serialized with msgpack: {exc}"
+            ) from exc
         if self._crypter is not None:
             body = self._crypter.encrypt(body)
         return body
@@ -135,7 +139,9 @@ class Serializer:
                 body = self._crypter.decrypt(body)
             message = msgpack.unpackb(body, strict_map_key=False)
         except Exception as exc:
-            raise MalformedFrame(f"undecodable message body: {type(exc).__name__}") from None
+            raise MalformedFrame(
+                f"undecodable message body: {type(exc).__name__}"
+            ) from None
         if not isinstance(message, dict):
             raise MalformedFrame("message body is not a dict")
         return message

@@ -18,9 +18,9 @@ logger = logging.getLogger("channels_nats")
 COUNTERS = (
     "dropped_capacity",  # group message to a full channel buffer
     "dropped_expired",  # message older than ``expiry`` when it was to be received
-    "dropped_slow_consumer",  # nats-py dropped a message: subscription over its limits
+    "dropped_slow_consumer",  # nats-py dropped a message: subscription over limits
     "dropped_flushed",  # queued messages discarded by flush() or close()
-    "dropped_publish_failed",  # fire-and-forget publish failed after the caller returned
+    "dropped_publish_failed",  # a handed-over publish failed after the call returned
     "malformed_frames",  # frames from the wire that could not be decoded
     "refused_channel_full",  # send() raised ChannelFull
     "connections_opened",  # TCP connections to NATS this layer has opened
@@ -54,12 +54,13 @@ class Stats:
                 return
             self._last_warn[name] = now
             suppressed = self._suppressed.pop(name, 0)
+        logger.warning(msg, *args)
         if suppressed:
             logger.warning(
-                msg + " (%d more since the last warning)", *args, suppressed
+                "channels_nats: %d more %s since the previous warning",
+                suppressed,
+                name,
             )
-        else:
-            logger.warning(msg, *args)
 
     def snapshot(self) -> dict[str, int]:
         with self._lock:

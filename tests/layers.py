@@ -36,5 +36,5 @@ async def layer(make_layer: LayerFactory) -> NatsChannelLayer:
 
 @pytest.fixture
 async def other(make_layer: LayerFactory) -> NatsChannelLayer:
-    """A second layer on the same prefix: another process as far as NATS is concerned."""
+    """A second layer on the same prefix: another process as far as NATS knows."""
     return make_layer()

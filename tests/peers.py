@@ -66,7 +66,9 @@ class Peer:
         assert self.proc.stdin is not None
         ident = next(self._ids)
         fut = self._waiting[ident] = asyncio.get_running_loop().create_future()
-        self.proc.stdin.write((json.dumps({"id": ident, "op": op, **args}) + "\n").encode())
+        self.proc.stdin.write(
+            (json.dumps({"id": ident, "op": op, **args}) + "\n").encode()
+        )
         await self.proc.stdin.drain()
         return await asyncio.wait_for(fut, call_timeout)
 

@@ -19,7 +19,6 @@ from channels_nats import (
     NatsChannelLayer,
     NormalChannelsUnavailable,
 )
-from tests.layers import LayerFactory
 from tests.servers import await_until
 
 RECEIVE_TIMEOUT = 3

@@ -81,7 +81,10 @@ def test_200_sync_group_sends_use_one_connection(sync_layers, nats_server):
     assert server_connections(nats_server, sender.client_id) == 1
 
     async def receive_all():
-        return [(await asyncio.wait_for(receiver.receive(channel), 5))["i"] for _ in range(200)]
+        return [
+            (await asyncio.wait_for(receiver.receive(channel), 5))["i"]
+            for _ in range(200)
+        ]
 
     assert async_to_sync(receive_all)() == list(range(200))
     # One I/O thread per layer at most; nothing else was left running.
