@@ -8,6 +8,7 @@ findings as strings for the Django system checks.
 
 from __future__ import annotations
 
+import math
 import re
 import ssl
 from collections.abc import Mapping
@@ -18,7 +19,8 @@ from .exceptions import InvalidChannelLayerError
 
 __all__ = ["DEFAULTS", "LayerConfig", "parse_config", "problems"]
 
-_PREFIX_RE = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
+_PREFIX_RE = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
+_SERVER_RE = re.compile(r"(nats|tls|ws|wss)://\S+")
 
 DEFAULTS: dict[str, Any] = {
     "servers": ["nats://127.0.0.1:4222"],
@@ -81,16 +83,16 @@ class LayerConfig:
 def _number(
     key: str, value: Any, *, minimum: float, integer: bool = False
 ) -> float | int:
-    kind = "an integer" if integer else "a number"
-    if isinstance(value, bool) or not isinstance(
-        value, (int,) if integer else (int, float)
+    kind = "an integer" if integer else "a finite number"
+    label = key if key.startswith("CONFIG[") else f"CONFIG[{key!r}]"
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int,) if integer else (int, float))
+        or not math.isfinite(value)
+        or value < minimum
     ):
         raise InvalidChannelLayerError(
-            f"CONFIG[{key!r}] must be {kind} >= {minimum}, got {value!r}."
-        )
-    if value < minimum:
-        raise InvalidChannelLayerError(
-            f"CONFIG[{key!r}] must be {kind} >= {minimum}, got {value!r}."
+            f"{label} must be {kind} >= {minimum}, got {value!r}."
         )
     return value
 
@@ -105,9 +107,7 @@ def _servers(value: Any) -> tuple[str, ...]:
         )
     out = []
     for url in value:
-        if not isinstance(url, str) or not re.match(
-            r"^(nats|tls|ws|wss)://[^\s]+$", url
-        ):
+        if not isinstance(url, str) or not _SERVER_RE.fullmatch(url):
             raise InvalidChannelLayerError(
                 f"CONFIG['servers'] has {url!r}: each server must be a URL such "
                 "as 'nats://host:4222' (schemes nats, tls, ws, wss)."
@@ -130,7 +130,9 @@ def _channel_capacity(value: Any) -> dict[Any, int]:
                 "or a compiled regex."
             )
         out[pattern] = int(
-            _number(f"channel_capacity[{pattern!r}]", cap, minimum=1, integer=True)
+            _number(
+                f"CONFIG['channel_capacity'][{pattern!r}]", cap, minimum=1, integer=True
+            )
         )
     return out
 
@@ -180,7 +182,7 @@ def parse_config(config: Mapping[str, Any] | None = None, **kwargs: Any) -> Laye
         )
     merged = {**DEFAULTS, **raw}
     prefix = merged["prefix"]
-    if not isinstance(prefix, str) or not _PREFIX_RE.match(prefix):
+    if not isinstance(prefix, str) or not _PREFIX_RE.fullmatch(prefix):
         raise InvalidChannelLayerError(
             f"CONFIG['prefix'] must be letters, digits, '_' or '-', optionally in "
             f"dot-separated parts such as 'myapp.asgi', got {prefix!r}."

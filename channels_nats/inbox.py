@@ -107,7 +107,8 @@ class Inbox:
     def _return_credit(self, channel: str, entries: list[Entry]) -> None:
         per_origin: dict[str, int] = {}
         for entry in entries:
-            per_origin[entry.origin] = per_origin.get(entry.origin, 0) + 1
+            if entry.origin:  # only messages sent on credit have an origin here
+                per_origin[entry.origin] = per_origin.get(entry.origin, 0) + 1
         for origin, n in per_origin.items():
             self._on_consumed(origin, channel, n)
 

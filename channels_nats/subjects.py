@@ -18,6 +18,7 @@ Subjects of one layer, below its ``prefix``:
 
 from __future__ import annotations
 
+import re
 import string
 
 __all__ = ["Subjects", "owner_of", "token", "untoken"]
@@ -25,6 +26,7 @@ __all__ = ["Subjects", "owner_of", "token", "untoken"]
 _KEEP = frozenset(string.ascii_letters + string.digits + "-")
 _NAMED = {"_": "__", ".": "_d", "!": "_b"}
 _UNNAMED = {"_": "_", "d": ".", "b": "!"}
+_HEX6 = re.compile(r"0[0-9a-f]{5}|10[0-9a-f]{4}")
 
 
 def token(name: str) -> str:
@@ -46,6 +48,8 @@ def untoken(tok: str) -> str:
     """Invert :func:`token`; raise ``ValueError`` on a string it cannot produce."""
     if tok == "_e":
         return ""
+    if not tok:
+        raise ValueError("an empty string is not a channels_nats token")
     out = []
     i, n = 0, len(tok)
     while i < n:
@@ -60,8 +64,11 @@ def untoken(tok: str) -> str:
         if code in _UNNAMED:
             out.append(_UNNAMED[code])
             i += 2
-        elif code == "x" and i + 8 <= n:
-            out.append(chr(int(tok[i + 2 : i + 8], 16)))
+        elif code == "x" and _HEX6.fullmatch(tok, i + 2, i + 8):
+            ch = chr(int(tok[i + 2 : i + 8], 16))
+            if ch in _KEEP or ch in _NAMED:  # token() writes these another way
+                raise ValueError(f"not a channels_nats token: {tok!r}")
+            out.append(ch)
             i += 8
         else:
             raise ValueError(f"not a channels_nats token: {tok!r}")
