@@ -36,6 +36,9 @@ DEFAULTS: dict[str, Any] = {
     "ping_interval": 5.0,
     "max_outstanding_pings": 3,
     "pending_size": 8 * 1024 * 1024,
+    "jetstream_storage": "file",
+    "jetstream_replicas": 1,
+    "redelivery_timeout": 30.0,
     # Options handed to nats-py's connect() unchanged.
     "name": None,
     "user": None,
@@ -77,6 +80,9 @@ class LayerConfig:
     ping_interval: float
     max_outstanding_pings: int
     pending_size: int
+    jetstream_storage: str
+    jetstream_replicas: int
+    redelivery_timeout: float
     connect_options: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -193,6 +199,17 @@ def parse_config(config: Mapping[str, Any] | None = None, **kwargs: Any) -> Laye
             "CONFIG['tls'] must be an ssl.SSLContext, for example "
             "ssl.create_default_context(cafile=...)."
         )
+    storage = merged["jetstream_storage"]
+    if storage not in ("file", "memory"):
+        raise InvalidChannelLayerError(
+            f"CONFIG['jetstream_storage'] must be 'file' or 'memory', got {storage!r}."
+        )
+    replicas = merged["jetstream_replicas"]
+    if isinstance(replicas, bool) or replicas not in (1, 2, 3, 4, 5):
+        raise InvalidChannelLayerError(
+            "CONFIG['jetstream_replicas'] must be an integer from 1 to 5 (3 in a "
+            f"3-node cluster for failover), got {replicas!r}."
+        )
     connect_options = {
         key: merged[key] for key in PASSTHROUGH if merged[key] is not None
     }
@@ -228,6 +245,11 @@ def parse_config(config: Mapping[str, Any] | None = None, **kwargs: Any) -> Laye
         ),
         pending_size=int(
             _number("pending_size", merged["pending_size"], minimum=0, integer=True)
+        ),
+        jetstream_storage=storage,
+        jetstream_replicas=replicas,
+        redelivery_timeout=float(
+            _number("redelivery_timeout", merged["redelivery_timeout"], minimum=0.5)
         ),
         connect_options=connect_options,
     )

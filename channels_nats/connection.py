@@ -151,7 +151,17 @@ class Link:
 
     @property
     def usable(self) -> bool:
-        return not self.closed and not self.loop.is_closed()
+        """Whether this link can still carry traffic.
+
+        A connection nats-py has closed for good (the server refused it, or a
+        protocol error) makes the link unusable; the next call opens another.
+        """
+        nc = self.nc
+        return (
+            not self.closed
+            and not self.loop.is_closed()
+            and (nc is None or not nc.is_closed)
+        )
 
     @property
     def max_payload(self) -> int:

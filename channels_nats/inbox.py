@@ -16,7 +16,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from .exceptions import LayerClosed
 from .stats import Stats
@@ -28,6 +28,10 @@ class Entry(NamedTuple):
     sent_at: float
     body: bytes
     origin: str
+    # For normal channels: the JetStream message, acked when a receiver takes
+    # the entry, and when it was fetched.
+    handle: Any = None
+    fetched_at: float = 0.0
 
 
 class _Buffer:
@@ -236,6 +240,27 @@ class Inbox:
             self._stats.incr("dropped_flushed", pending)
         for fut in waiters:
             _call_on_loop(fut, _fail, LayerClosed("the channel layer was closed"))
+
+    def count(self, channel: str) -> int:
+        """Unexpired messages buffered for ``channel``."""
+        with self._lock:
+            buf = self._buffers.get(channel)
+            if buf is None:
+                return 0
+            expired = self._purge_expired(channel, buf, time.time())
+            count = len(buf.items)
+        self._report_expired(channel, expired)
+        return count
+
+    def take_all(self, channel: str) -> list[Entry]:
+        """Remove and return every buffered message of ``channel``."""
+        with self._lock:
+            buf = self._buffers.get(channel)
+            if buf is None:
+                return []
+            items = list(buf.items)
+            buf.items.clear()
+            return items
 
     def __len__(self) -> int:
         with self._lock:

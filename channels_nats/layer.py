@@ -12,17 +12,9 @@ from typing import Any
 from channels.layers import BaseChannelLayer
 
 from .config import LayerConfig, parse_config
-from .exceptions import NormalChannelsUnavailable
 from .transport import Transport
 
 __all__ = ["NatsChannelLayer"]
-
-_NORMAL_CHANNELS = (
-    "Normal channels (names without '!', such as {name!r}) are served over "
-    "JetStream, which this version of channels_nats does not provide yet. Use "
-    "specific channels from new_channel() and groups, or keep such channels on "
-    "another layer for now."
-)
 
 
 class NatsChannelLayer(BaseChannelLayer):  # type: ignore[misc]
@@ -67,16 +59,11 @@ class NatsChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         """The id of this process's layer instance, part of its channel names."""
         return self.transport.client_id
 
-    def _require_specific(self, channel: str) -> None:
-        if "!" not in channel:
-            raise NormalChannelsUnavailable(_NORMAL_CHANNELS.format(name=channel))
-
     # -- channels --------------------------------------------------------------
 
     async def send(self, channel: str, message: dict[str, Any]) -> None:
         """Send ``message`` to ``channel``; raise ``ChannelFull`` if it is full."""
         self.require_valid_channel_name(channel)
-        self._require_specific(channel)
         if isinstance(message, dict) and "__asgi_channel__" in message:
             raise ValueError("The message key '__asgi_channel__' is reserved.")
         await self.transport.send(channel, message)
@@ -84,7 +71,6 @@ class NatsChannelLayer(BaseChannelLayer):  # type: ignore[misc]
     async def receive(self, channel: str) -> dict[str, Any]:
         """Return the next message on ``channel``, waiting for one."""
         self.require_valid_channel_name(channel)
-        self._require_specific(channel)
         return await self.transport.receive(channel)
 
     async def new_channel(self, prefix: str = "specific") -> str:
@@ -99,14 +85,12 @@ class NatsChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         """Add ``channel`` to ``group``; return once group_send reaches it."""
         self.require_valid_group_name(group)
         self.require_valid_channel_name(channel)
-        self._require_specific(channel)
         await self.transport.group_add(group, channel)
 
     async def group_discard(self, group: str, channel: str) -> None:
         """Remove ``channel`` from ``group``."""
         self.require_valid_group_name(group)
         self.require_valid_channel_name(channel)
-        self._require_specific(channel)
         await self.transport.group_discard(group, channel)
 
     async def group_send(self, group: str, message: dict[str, Any]) -> None:

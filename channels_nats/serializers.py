@@ -4,8 +4,10 @@ A message body is the msgpack encoding of the message dict, encrypted with
 the first of ``symmetric_encryption_keys`` when keys are configured (any key
 decrypts, so keys can be rotated). Frames on the wire are msgpack arrays:
 
-* data frame ``[1, kind, origin, target, sent_at, body]`` with ``kind``
-  :data:`DIRECT` (``target`` is a channel) or :data:`GROUP` (a group);
+* data frame ``[1, kind, origin, target, sent_at, body, seq]`` with ``kind``
+  :data:`DIRECT` (``target`` is a channel) or :data:`GROUP` (a group), and
+  ``seq`` a per-sender number (it de-duplicates the copies of one group
+  message that several processes forward to a normal channel);
 * control frame ``[1, kind, origin, *args]`` for credits, remote group
   membership and flush.
 
@@ -60,9 +62,10 @@ class Frame(NamedTuple):
 
 
 def pack_data(
-    kind: int, origin: str, target: str, sent_at: float, body: bytes
+    kind: int, origin: str, target: str, sent_at: float, body: bytes, seq: int = 0
 ) -> bytes:
-    return msgpack.packb([VERSION, kind, origin, target, sent_at, body])  # type: ignore[no-any-return]
+    frame = [VERSION, kind, origin, target, sent_at, body, seq]
+    return msgpack.packb(frame)  # type: ignore[no-any-return]
 
 
 def pack_control(kind: int, origin: str, *args: Any) -> bytes:
@@ -83,10 +86,11 @@ def unpack_frame(data: bytes) -> Frame:
     args = tuple(obj[3:])
     if kind in _DATA_KINDS:
         if (
-            len(args) != 3
+            len(args) != 4
             or not isinstance(args[0], str)
             or not isinstance(args[1], (int, float))
             or not isinstance(args[2], bytes)
+            or not isinstance(args[3], int)
         ):
             raise MalformedFrame("bad data frame")
     elif _CONTROL_ARITY.get(kind) != len(args) or not all(

@@ -24,7 +24,9 @@ import asyncio
 import atexit
 import concurrent.futures
 import contextlib
+import itertools
 import logging
+import re
 import secrets
 import threading
 import time
@@ -34,6 +36,7 @@ from typing import Any
 
 import nats.errors
 from asgiref.sync import AsyncToSync
+from channels.layers import BaseChannelLayer
 
 from .config import LayerConfig
 from .connection import IOThread, Link
@@ -41,6 +44,7 @@ from .exceptions import ChannelFull, MessageTooLarge, NatsLayerError
 from .flow import CreditBatcher, CreditWindows
 from .groups import GroupRegistry
 from .inbox import Entry, Inbox
+from .queues import NormalChannels
 from .serializers import (
     CREDIT,
     DIRECT,
@@ -64,6 +68,15 @@ logger = logging.getLogger("channels_nats")
 CREDIT_FLUSH_DELAY = 0.02
 
 
+def _valid_name(name: object, regex: re.Pattern[str]) -> bool:
+    """Validate a name from the wire exactly as Channels validates API input."""
+    return (
+        isinstance(name, str)
+        and len(name) < BaseChannelLayer.MAX_NAME_LENGTH
+        and regex.match(name) is not None
+    )
+
+
 def _is_short_lived(loop: asyncio.AbstractEventLoop) -> bool:
     """Whether ``loop`` is one that ``async_to_sync`` made for a single call."""
     return loop in AsyncToSync.loop_thread_executors
@@ -78,7 +91,8 @@ class Transport:
         self.subjects = Subjects(config.prefix)
         self.serializer = Serializer(config.symmetric_encryption_keys)
         self.stats = Stats()
-        self._capacity_of = capacity_of
+        self.capacity_of = capacity_of
+        self._seq = itertools.count(1)
         self.inbox = Inbox(config.expiry, capacity_of, self.stats, self._consumed)
         self.groups = GroupRegistry(config.group_expiry)
         self.windows = CreditWindows(capacity_of, config.expiry)
@@ -99,6 +113,7 @@ class Transport:
         self._sweeper: tuple[Link, asyncio.Task[None]] | None = None
         self.max_payload = 1024 * 1024
         self.closed = False
+        self.normal = NormalChannels(self)
         atexit.register(_close_at_exit, weakref.ref(self))
 
     # -- links -----------------------------------------------------------------
@@ -107,8 +122,14 @@ class Transport:
         """Return the link to use from the running loop, connecting if needed."""
         loop = asyncio.get_running_loop()
         link = self._links.get(loop)
-        if link is not None and not link.closed:
-            return link
+        if link is not None:
+            if link.usable:
+                return link
+            # nats-py gave this connection up; replace it.
+            self._links.pop(loop, None)
+            self.normal.forget_link(link)
+            if not link.closed and not loop.is_closed():
+                loop.create_task(link.close())
         if self.closed:
             raise NatsLayerError("the transport is closed")
         if _is_short_lived(loop):
@@ -119,7 +140,8 @@ class Transport:
         fut = self._connecting[loop] = loop.create_future()
         try:
             link = await self._open_link(loop, f"loop-{id(loop):x}")
-            await self._watch(loop)
+            if loop not in self._watchers:
+                await self._watch(loop)
         except BaseException as exc:
             if isinstance(exc, asyncio.CancelledError):
                 fut.cancel()
@@ -155,7 +177,9 @@ class Transport:
                 self._io = IOThread(f"channels_nats-{self.client_id}")
                 self._io_link = None
             cf = self._io_link
-            if cf is None or (cf.done() and cf.exception() is not None):
+            if cf is None or (
+                cf.done() and (cf.exception() is not None or not cf.result().usable)
+            ):
                 io = self._io
                 cf = self._io_link = io.submit(self._open_link(io.loop, "io-thread"))
         return await asyncio.wrap_future(cf)
@@ -183,9 +207,12 @@ class Transport:
         link = self._links.pop(loop, None)
         if link is None or self.closed:
             return
+        was_watching = self.normal.forget_link(link)
         if self._home is link:
             try:
                 await self._move_home(await self._io_thread_link(), leaving=link)
+                if was_watching:
+                    await self.normal.watch()
             except Exception:
                 logger.warning(
                     "channels_nats: could not move subscriptions off a closing "
@@ -291,7 +318,7 @@ class Transport:
             return  # our own publish: local members already have it
         kind, args = frame.kind, frame.args
         if kind == DIRECT:
-            channel, sent_at, body = args
+            channel, sent_at, body, _seq = args
             if owner_of(channel) != self.client_id:
                 self.stats.drop(
                     "malformed_frames",
@@ -304,10 +331,8 @@ class Transport:
                 channel, Entry(sent_at, body, frame.origin), enforce_capacity=False
             )
         elif kind == GROUP:
-            group, sent_at, body = args
-            entry = Entry(sent_at, body, "")
-            for channel in self.groups.members(group):
-                self._deliver_group(group, channel, entry)
+            group, sent_at, body, seq = args
+            self._deliver_group(group, Entry(sent_at, body, ""), frame.origin, seq)
         elif kind == CREDIT:
             channel, n = args
             self.windows.give_back(channel, n)
@@ -323,21 +348,34 @@ class Transport:
                 subject,
             )
 
-    def _deliver_group(self, group: str, channel: str, entry: Entry) -> None:
-        if not self.inbox.put(channel, entry, enforce_capacity=True):
-            self.stats.drop(
-                "dropped_capacity",
-                "channels_nats: group_send to %s dropped a message for %s: the "
-                "channel is at capacity",
-                group,
-                channel,
-            )
+    def _deliver_group(self, group: str, entry: Entry, origin: str, seq: int) -> None:
+        """Give a group message to this process's members of ``group``.
+
+        Specific channels get it in their buffer; normal channels are
+        forwarded to their JetStream stream (de-duplicated there by
+        ``origin`` and ``seq``).
+        """
+        for channel in self.groups.members(group):
+            if "!" not in channel:
+                self.normal.forward(channel, (origin, entry.sent_at, entry.body, seq))
+            elif not self.inbox.put(channel, entry, enforce_capacity=True):
+                self.stats.drop(
+                    "dropped_capacity",
+                    "channels_nats: group_send to %s dropped a message for %s: the "
+                    "channel is at capacity",
+                    group,
+                    channel,
+                )
 
     async def _membership_request(
         self, kind: int, args: tuple[Any, ...], reply: str, link: Link
     ) -> None:
         group, channel = args
         try:
+            if not _valid_name(group, BaseChannelLayer.group_name_regex):
+                raise NatsLayerError(f"invalid group name {group!r:.120}")
+            if not _valid_name(channel, BaseChannelLayer.channel_name_regex):
+                raise NatsLayerError(f"invalid channel name {channel!r:.120}")
             if owner_of(channel) != self.client_id:
                 raise NatsLayerError(f"{channel} is not a channel of this process")
             if kind == GROUP_ADD:
@@ -381,25 +419,24 @@ class Transport:
 
     # -- operations ----------------------------------------------------------------
 
-    def _check_size(self, payload: bytes) -> None:
+    def current_home(self) -> Link | None:
+        home = self._home
+        return home if home is not None and home.usable else None
+
+    def check_size(self, payload: bytes) -> None:
         if len(payload) > self.max_payload:
             raise MessageTooLarge(
                 f"The encoded message is {len(payload)} bytes; the NATS server "
                 f"accepts at most max_payload={self.max_payload}. Nothing was sent."
             )
 
-    async def _publish(self, subject: str, payload: bytes) -> None:
-        link = await self.link()
-        self._check_size(payload)
-        if link.loop is asyncio.get_running_loop():
-            await link.publish(subject, payload)
-        else:
-            link.publish_threadsafe(subject, payload)
-
     async def send(self, channel: str, message: dict[str, Any]) -> None:
         body = self.serializer.dumps(message)
-        owner = owner_of(channel)
         now = time.time()
+        if "!" not in channel:
+            await self.normal.send(channel, body, now)
+            return
+        owner = owner_of(channel)
         if owner == self.client_id:
             if not self.inbox.put(channel, Entry(now, body, ""), enforce_capacity=True):
                 self.stats.incr("refused_channel_full")
@@ -407,7 +444,7 @@ class Transport:
             return
         payload = pack_data(DIRECT, self.client_id, channel, now, body)
         link = await self.link()
-        self._check_size(payload)
+        self.check_size(payload)
         home = self._home
         if home is None or not home.usable:
             # Credits for this send come back on our control subject.
@@ -425,9 +462,18 @@ class Transport:
             raise
 
     async def receive(self, channel: str) -> dict[str, Any]:
-        await self._ensure_receiving()
+        normal = "!" not in channel
+        if normal:
+            # A process that consumes a normal channel also forwards the
+            # group messages meant for it.
+            await self.normal.watch()
+        else:
+            await self._ensure_receiving()
         while True:
-            entry = await self.inbox.get(channel)
+            if normal:
+                entry = await self.normal.receive(channel)
+            else:
+                entry = await self.inbox.get(channel)
             if entry.origin:
                 self.credits.consumed(entry.origin, channel)
             try:
@@ -460,6 +506,11 @@ class Transport:
         return f"{prefix}.{self.client_id}!{secrets.token_hex(8)}"
 
     async def group_add(self, group: str, channel: str) -> None:
+        if "!" not in channel:
+            # This process forwards at once; the bucket tells the others.
+            await self._add_local(group, channel)
+            await self.normal.membership(True, group, channel)
+            return
         owner = owner_of(channel)
         if owner == self.client_id:
             await self._add_local(group, channel)
@@ -467,11 +518,24 @@ class Transport:
             await self._remote_membership(GROUP_ADD, owner, group, channel)
 
     async def group_discard(self, group: str, channel: str) -> None:
+        if "!" not in channel:
+            self._discard_local(group, channel)
+            await self.normal.membership(False, group, channel)
+            return
         owner = owner_of(channel)
         if owner == self.client_id:
             self._discard_local(group, channel)
         else:
             await self._remote_membership(GROUP_DISCARD, owner, group, channel)
+
+    def add_normal_member(self, group: str, channel: str) -> None:
+        """Follow a membership of a normal channel recorded by any process."""
+        home = self.current_home()
+        if home is not None:
+            home.spawn(self._add_local(group, channel))
+
+    def discard_normal_member(self, group: str, channel: str) -> None:
+        self._discard_local(group, channel)
 
     async def _add_local(self, group: str, channel: str) -> None:
         self.groups.add(group, channel)
@@ -530,14 +594,11 @@ class Transport:
     async def group_send(self, group: str, message: dict[str, Any]) -> None:
         body = self.serializer.dumps(message)
         now = time.time()
-        payload = pack_data(GROUP, self.client_id, group, now, body)
+        seq = next(self._seq)
+        payload = pack_data(GROUP, self.client_id, group, now, body, seq)
         link = await self.link()
-        self._check_size(payload)
-        members = self.groups.members(group)
-        if members:
-            entry = Entry(now, body, "")
-            for channel in members:
-                self._deliver_group(group, channel, entry)
+        self.check_size(payload)
+        self._deliver_group(group, Entry(now, body, ""), self.client_id, seq)
         subject = self.subjects.group(group)
         if link.loop is asyncio.get_running_loop():
             await link.publish(subject, payload)
@@ -552,6 +613,7 @@ class Transport:
             self.subjects.broadcast,
             pack_control(FLUSH, self.client_id),
         )
+        await self.normal.flush(link)
         await self._local_flush()
 
     async def _publish_and_sync(self, link: Link, subject: str, payload: bytes) -> None:

@@ -60,6 +60,27 @@ async def handle(layer: Any, cmd: dict[str, Any]) -> Any:
                 await asyncio.wait_for(layer.receive(cmd["channel"]), cmd["timeout"])
             )
         return out
+    if op == "receive_until_idle":
+        # Receive until nothing arrives for `idle` seconds; return what came.
+        got = []
+        while True:
+            try:
+                got.append(
+                    await asyncio.wait_for(layer.receive(cmd["channel"]), cmd["idle"])
+                )
+            except asyncio.TimeoutError:
+                return got
+    if op == "hold":
+        # Take one message of a normal channel from JetStream without acking
+        # it, as a receiver killed between fetch and ack would have.
+        from channels_nats.serializers import unpack_frame
+
+        transport = layer.transport
+        link = await transport.link()
+        puller = await transport.normal._puller(link, cmd["channel"])
+        msgs = await puller.psub.fetch(1, timeout=cmd["timeout"])
+        body = unpack_frame(msgs[0].data).args[2]
+        return transport.serializer.loads(body)
     if op == "group_add":
         await layer.group_add(cmd["group"], cmd["channel"])
         return None

@@ -17,7 +17,6 @@ from channels_nats import (
     LayerClosed,
     MessageTooLarge,
     NatsChannelLayer,
-    NormalChannelsUnavailable,
 )
 from tests.servers import await_until
 
@@ -386,15 +385,6 @@ async def test_bad_messages_raise_before_publishing(layer, other):
     await other.send(channel, {"type": "ok"})
     assert await recv(layer, channel) == {"type": "ok"}
     assert len(layer.transport.inbox) == 0
-
-
-async def test_normal_channels_raise_a_clear_error_until_jetstream(layer):
-    with pytest.raises(NormalChannelsUnavailable, match="JetStream"):
-        await layer.send("thumbnails", {"type": "m"})
-    with pytest.raises(NormalChannelsUnavailable):
-        await layer.receive("thumbnails")
-    with pytest.raises(NormalChannelsUnavailable):
-        await layer.group_add("g", "thumbnails")
 
 
 async def test_encrypted_layers_exchange_messages(make_layer):
