@@ -27,6 +27,8 @@ from nats.aio.subscription import Subscription
 
 from .config import LayerConfig
 from .exceptions import ConnectionUnavailable, NatsLayerError
+from .sequence import Sequencer
+from .serializers import pack_data
 from .stats import Stats
 
 __all__ = ["IOThread", "Link"]
@@ -87,8 +89,12 @@ class Link:
         label: str,
         on_message: MessageHandler,
         stats: Stats,
+        stream: int = 0,
     ) -> None:
         self.loop = loop
+        #: Number of this connection among the process's, carried in its frames.
+        self.stream = stream
+        self.sequencer = Sequencer(idle=max(2 * config.expiry, 240.0))
         self.label = label
         self._config = config
         self._queue = queue
@@ -245,19 +251,60 @@ class Link:
         except nats.errors.Error as exc:
             raise NatsLayerError(f"publish to {subject} failed: {exc!r}") from exc
 
+    async def publish_data(
+        self,
+        subject: str,
+        kind: int,
+        origin: str,
+        target: str,
+        sent_at: float,
+        body: bytes,
+    ) -> int:
+        """Number and publish a data frame; return its sequence number.
+
+        Call it on this link's loop: nats-py appends to its buffer before it
+        can yield, so numbers go out in the order they were given.
+        """
+        seq = self.sequencer.next(target)
+        frame = pack_data(kind, origin, target, sent_at, body, seq, self.stream)
+        await self.publish(subject, frame)
+        return seq
+
+    def publish_data_threadsafe(
+        self,
+        subject: str,
+        kind: int,
+        origin: str,
+        target: str,
+        sent_at: float,
+        body: bytes,
+    ) -> int:
+        """:meth:`publish_data` from any thread, without waiting for the write."""
+        self._require_nc()
+        with self._outbox_lock:
+            # Number and queue under one lock: queue order is wire order.
+            seq = self.sequencer.next(target)
+            frame = pack_data(kind, origin, target, sent_at, body, seq, self.stream)
+            self._enqueue(subject, frame)
+        return seq
+
     def publish_threadsafe(self, subject: str, payload: bytes) -> None:
         """Queue a publish from any thread; it goes out in order, unawaited."""
         self._require_nc()
         with self._outbox_lock:
-            self._outbox.append((subject, payload))
-            if self._outbox_scheduled:
-                return
-            self._outbox_scheduled = True
+            self._enqueue(subject, payload)
+
+    def _enqueue(self, subject: str, payload: bytes) -> None:
+        # Called with _outbox_lock held.
+        self._outbox.append((subject, payload))
+        if self._outbox_scheduled:
+            return
+        self._outbox_scheduled = True
         try:
             self.loop.call_soon_threadsafe(self._start_outbox)
         except RuntimeError as exc:
-            with self._outbox_lock:
-                self._outbox_scheduled = False
+            self._outbox.pop()
+            self._outbox_scheduled = False
             raise ConnectionUnavailable(
                 f"the event loop of {self.label} is closed"
             ) from exc

@@ -317,7 +317,7 @@ class NormalChannels:
         stream, subject = self.subject(channel)
         payload = pack_data(DIRECT, self._t.client_id, channel, now, body)
         link = await self._t.link()
-        self._t.check_size(payload)
+        self._t.check_size(body, channel)
         await self._ensure_stream(link, stream)
         try:
             await link.run(self._publish, link, stream, subject, payload, None)
@@ -370,7 +370,7 @@ class NormalChannels:
             )
             asyncio.get_running_loop().create_task(msg.term())
             return
-        _target, sent_at, body, _seq = frame.args
+        _target, sent_at, body, _seq, _stream = frame.args
         entry = Entry(sent_at, body, "", msg, time.monotonic())
         self.inbox.put(channel, entry, enforce_capacity=False)
 
@@ -442,7 +442,7 @@ class NormalChannels:
     # -- groups ------------------------------------------------------------------
 
     def forward(
-        self, channel: str, payload_args: tuple[str, float, bytes, int]
+        self, group: str, channel: str, entry: Entry, sender: tuple[str, int, int]
     ) -> None:
         """Queue a group message for normal channel ``channel`` (fire and forget).
 
@@ -450,7 +450,7 @@ class NormalChannels:
         each forwarding process keeping its order, the copies JetStream keeps
         (the first of each message id) are in order too.
         """
-        origin, sent_at, body, seq = payload_args
+        origin, sender_stream, seq = sender
         home = self._t.current_home()
         if home is None:
             self._t.stats.drop(
@@ -463,8 +463,8 @@ class NormalChannels:
         item = (
             stream,
             subject,
-            pack_data(DIRECT, origin, channel, sent_at, body),
-            f"{origin}.{seq}.{token(channel)}",
+            pack_data(DIRECT, origin, channel, entry.sent_at, entry.body),
+            f"{origin}.{sender_stream}.{seq}.{token(group)}.{token(channel)}",
         )
         with self._lock:
             self._forwards.setdefault(channel, deque()).append(item)

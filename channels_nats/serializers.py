@@ -4,10 +4,11 @@ A message body is the msgpack encoding of the message dict, encrypted with
 the first of ``symmetric_encryption_keys`` when keys are configured (any key
 decrypts, so keys can be rotated). Frames on the wire are msgpack arrays:
 
-* data frame ``[1, kind, origin, target, sent_at, body, seq]`` with ``kind``
-  :data:`DIRECT` (``target`` is a channel) or :data:`GROUP` (a group), and
-  ``seq`` a per-sender number (it de-duplicates the copies of one group
-  message that several processes forward to a normal channel);
+* data frame ``[1, kind, origin, target, sent_at, body, seq, stream]`` with
+  ``kind`` :data:`DIRECT` (``target`` is a channel) or :data:`GROUP` (a
+  group); ``seq`` numbers the frames of one sender connection (``stream``)
+  per target, so receivers notice frames lost in transit, and names each
+  group message uniquely when processes forward it to a normal channel;
 * control frame ``[1, kind, origin, *args]`` for credits, remote group
   membership and flush.
 
@@ -61,10 +62,20 @@ class Frame(NamedTuple):
     args: tuple[Any, ...]
 
 
+#: Upper bound of what a data frame adds to its body, origin and target.
+DATA_OVERHEAD = 64
+
+
 def pack_data(
-    kind: int, origin: str, target: str, sent_at: float, body: bytes, seq: int = 0
+    kind: int,
+    origin: str,
+    target: str,
+    sent_at: float,
+    body: bytes,
+    seq: int = 0,
+    stream: int = 0,
 ) -> bytes:
-    frame = [VERSION, kind, origin, target, sent_at, body, seq]
+    frame = [VERSION, kind, origin, target, sent_at, body, seq, stream]
     return msgpack.packb(frame)  # type: ignore[no-any-return]
 
 
@@ -86,11 +97,12 @@ def unpack_frame(data: bytes) -> Frame:
     args = tuple(obj[3:])
     if kind in _DATA_KINDS:
         if (
-            len(args) != 4
+            len(args) != 5
             or not isinstance(args[0], str)
             or not isinstance(args[1], (int, float))
             or not isinstance(args[2], bytes)
             or not isinstance(args[3], int)
+            or not isinstance(args[4], int)
         ):
             raise MalformedFrame("bad data frame")
     elif _CONTROL_ARITY.get(kind) != len(args) or not all(

@@ -21,6 +21,7 @@ COUNTERS = (
     "dropped_slow_consumer",  # nats-py dropped a message: subscription over limits
     "dropped_flushed",  # queued messages discarded by flush() or close()
     "dropped_publish_failed",  # a handed-over publish failed after the call returned
+    "lost_in_transit",  # frames another process sent that never arrived (seq gap)
     "malformed_frames",  # frames from the wire that could not be decoded
     "refused_channel_full",  # send() raised ChannelFull
     "connections_opened",  # TCP connections to NATS this layer has opened

@@ -45,8 +45,10 @@ from .flow import CreditBatcher, CreditWindows
 from .groups import GroupRegistry
 from .inbox import Entry, Inbox
 from .queues import NormalChannels
+from .sequence import GapDetector
 from .serializers import (
     CREDIT,
+    DATA_OVERHEAD,
     DIRECT,
     FLUSH,
     GROUP,
@@ -55,7 +57,6 @@ from .serializers import (
     MalformedFrame,
     Serializer,
     pack_control,
-    pack_data,
     unpack_frame,
 )
 from .stats import Stats
@@ -92,7 +93,8 @@ class Transport:
         self.serializer = Serializer(config.symmetric_encryption_keys)
         self.stats = Stats()
         self.capacity_of = capacity_of
-        self._seq = itertools.count(1)
+        self._streams = itertools.count(1)
+        self.gaps = GapDetector(idle=max(2 * config.expiry, 240.0))
         self.inbox = Inbox(config.expiry, capacity_of, self.stats, self._consumed)
         self.groups = GroupRegistry(config.group_expiry)
         self.windows = CreditWindows(capacity_of, config.expiry)
@@ -163,6 +165,7 @@ class Transport:
             label=f"{self.client_id}/{label}",
             on_message=self._on_message,
             stats=self.stats,
+            stream=next(self._streams),
         )
         await link.connect()
         self.max_payload = link.max_payload
@@ -298,6 +301,9 @@ class Transport:
         while True:
             await asyncio.sleep(interval)
             self.inbox.sweep()
+            self.gaps.sweep()
+            for link in list(self._links.values()):
+                link.sequencer.sweep()
             for group in self.groups.sweep():
                 await home.unsubscribe(self.subjects.group(group))
 
@@ -317,8 +323,22 @@ class Transport:
         if frame.origin == self.client_id:
             return  # our own publish: local members already have it
         kind, args = frame.kind, frame.args
+        if kind in (DIRECT, GROUP):
+            target, sent_at, body, seq, stream = args
+            lost = self.gaps.observe(frame.origin, stream, target, seq)
+            if lost:
+                self.stats.drop(
+                    "lost_in_transit",
+                    "channels_nats: %d message(s) from %s to %s never arrived (NATS "
+                    "drops what is published while nobody is subscribed, e.g. "
+                    "during a reconnect)",
+                    lost,
+                    frame.origin,
+                    target,
+                    n=lost,
+                )
         if kind == DIRECT:
-            channel, sent_at, body, _seq = args
+            channel = target
             if owner_of(channel) != self.client_id:
                 self.stats.drop(
                     "malformed_frames",
@@ -331,10 +351,23 @@ class Transport:
                 channel, Entry(sent_at, body, frame.origin), enforce_capacity=False
             )
         elif kind == GROUP:
-            group, sent_at, body, seq = args
-            self._deliver_group(group, Entry(sent_at, body, ""), frame.origin, seq)
+            self._deliver_group(
+                target, Entry(sent_at, body, ""), (frame.origin, stream, seq)
+            )
         elif kind == CREDIT:
             channel, n = args
+            if (
+                not isinstance(channel, str)
+                or not isinstance(n, int)
+                or not 0 < n <= self.capacity_of(channel)
+            ):
+                self.stats.drop(
+                    "malformed_frames",
+                    "channels_nats: dropped a credit frame with count %r for %r",
+                    n,
+                    channel,
+                )
+                return
             self.windows.give_back(channel, n)
         elif kind in (GROUP_ADD, GROUP_DISCARD):
             link.spawn(self._membership_request(kind, args, reply, link))
@@ -348,16 +381,18 @@ class Transport:
                 subject,
             )
 
-    def _deliver_group(self, group: str, entry: Entry, origin: str, seq: int) -> None:
+    def _deliver_group(
+        self, group: str, entry: Entry, sender: tuple[str, int, int]
+    ) -> None:
         """Give a group message to this process's members of ``group``.
 
         Specific channels get it in their buffer; normal channels are
-        forwarded to their JetStream stream (de-duplicated there by
-        ``origin`` and ``seq``).
+        forwarded to their JetStream stream, de-duplicated there by
+        ``sender`` (origin, stream, seq), which names the message uniquely.
         """
         for channel in self.groups.members(group):
             if "!" not in channel:
-                self.normal.forward(channel, (origin, entry.sent_at, entry.body, seq))
+                self.normal.forward(group, channel, entry, sender)
             elif not self.inbox.put(channel, entry, enforce_capacity=True):
                 self.stats.drop(
                     "dropped_capacity",
@@ -384,7 +419,11 @@ class Transport:
                 self._discard_local(group, channel)
             answer = b"ok"
         except Exception as exc:
-            logger.warning("channels_nats: membership request failed: %r", exc)
+            self.stats.drop(
+                "malformed_frames",
+                "channels_nats: refused a membership request: %r",
+                exc,
+            )
             answer = f"error: {exc}".encode()
         if reply:
             await link.publish(reply, answer)
@@ -423,10 +462,12 @@ class Transport:
         home = self._home
         return home if home is not None and home.usable else None
 
-    def check_size(self, payload: bytes) -> None:
-        if len(payload) > self.max_payload:
+    def check_size(self, body: bytes, target: str) -> None:
+        """Raise :class:`MessageTooLarge` if a frame of ``body`` cannot be sent."""
+        size = len(body) + len(target.encode()) + len(self.client_id) + DATA_OVERHEAD
+        if size > self.max_payload:
             raise MessageTooLarge(
-                f"The encoded message is {len(payload)} bytes; the NATS server "
+                f"The encoded message is about {size} bytes; the NATS server "
                 f"accepts at most max_payload={self.max_payload}. Nothing was sent."
             )
 
@@ -442,9 +483,8 @@ class Transport:
                 self.stats.incr("refused_channel_full")
                 raise ChannelFull(channel)
             return
-        payload = pack_data(DIRECT, self.client_id, channel, now, body)
         link = await self.link()
-        self.check_size(payload)
+        self.check_size(body, channel)
         home = self._home
         if home is None or not home.usable:
             # Credits for this send come back on our control subject.
@@ -452,11 +492,16 @@ class Transport:
         if not self.windows.take(channel):
             self.stats.incr("refused_channel_full")
             raise ChannelFull(channel)
+        subject = self.subjects.process(owner)
         try:
             if link.loop is asyncio.get_running_loop():
-                await link.publish(self.subjects.process(owner), payload)
+                await link.publish_data(
+                    subject, DIRECT, self.client_id, channel, now, body
+                )
             else:
-                link.publish_threadsafe(self.subjects.process(owner), payload)
+                link.publish_data_threadsafe(
+                    subject, DIRECT, self.client_id, channel, now, body
+                )
         except BaseException:
             self.windows.give_back(channel)
             raise
@@ -568,23 +613,32 @@ class Transport:
         link = await self.link()
         payload = pack_control(kind, self.client_id, group, channel)
         subject = self.subjects.control(owner)
-        try:
-            answer = await link.run(
-                link.request, subject, payload, self.config.request_timeout
-            )
-        except nats.errors.NoRespondersError:
-            logger.warning(
-                "channels_nats: no process owns %s (it has closed); %s of %s ignored",
-                channel,
-                "group_add" if kind == GROUP_ADD else "group_discard",
-                group,
-            )
-            return
-        except nats.errors.TimeoutError as exc:
-            raise NatsLayerError(
-                f"The process owning {channel} did not confirm the membership change "
-                f"within request_timeout={self.config.request_timeout}s."
-            ) from exc
+        timeout = self.config.request_timeout
+        deadline = time.monotonic() + timeout
+        delay = 0.05
+        while True:
+            try:
+                answer = await link.run(link.request, subject, payload, timeout)
+                break
+            except nats.errors.NoRespondersError:
+                # The owner may be reconnecting: its subscriptions come back
+                # within a reconnect interval. Past request_timeout it is gone.
+                if time.monotonic() + delay > deadline:
+                    logger.warning(
+                        "channels_nats: no process owns %s (it has closed); %s of "
+                        "%s ignored",
+                        channel,
+                        "group_add" if kind == GROUP_ADD else "group_discard",
+                        group,
+                    )
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.5)
+            except nats.errors.TimeoutError as exc:
+                raise NatsLayerError(
+                    f"The process owning {channel} did not confirm the membership "
+                    f"change within request_timeout={timeout}s."
+                ) from exc
         if answer != b"ok":
             raise NatsLayerError(
                 f"The process owning {channel} refused the membership change: "
@@ -594,16 +648,21 @@ class Transport:
     async def group_send(self, group: str, message: dict[str, Any]) -> None:
         body = self.serializer.dumps(message)
         now = time.time()
-        seq = next(self._seq)
-        payload = pack_data(GROUP, self.client_id, group, now, body, seq)
         link = await self.link()
-        self.check_size(payload)
-        self._deliver_group(group, Entry(now, body, ""), self.client_id, seq)
+        self.check_size(body, group)
         subject = self.subjects.group(group)
         if link.loop is asyncio.get_running_loop():
-            await link.publish(subject, payload)
+            seq = await link.publish_data(
+                subject, GROUP, self.client_id, group, now, body
+            )
         else:
-            link.publish_threadsafe(subject, payload)
+            seq = link.publish_data_threadsafe(
+                subject, GROUP, self.client_id, group, now, body
+            )
+        # Local members get it now, without a round trip through the broker.
+        self._deliver_group(
+            group, Entry(now, body, ""), (self.client_id, link.stream, seq)
+        )
 
     async def flush(self) -> None:
         link = await self.link()

@@ -147,8 +147,8 @@ def test_loads_of_non_message_body_raises_malformed_frame(body: bytes) -> None:
 def test_data_frame_round_trips(
     kind: int, origin: str, target: str, sent_at: float, body: bytes
 ) -> None:
-    frame = unpack_frame(pack_data(kind, origin, target, sent_at, body, 7))
-    assert frame == Frame(kind, origin, (target, sent_at, body, 7))
+    frame = unpack_frame(pack_data(kind, origin, target, sent_at, body, 7, 2))
+    assert frame == Frame(kind, origin, (target, sent_at, body, 7, 2))
     assert isinstance(frame, Frame)
 
 
@@ -196,9 +196,9 @@ def test_flush_frame_round_trips() -> None:
         msgpack.packb([1, 0, "o", "t", "1.0", b""]),  # sent_at not a number
         msgpack.packb([1, 0, "o", 5, 1.0, b""]),  # target not str
         msgpack.packb([1, 1, "o", "t", 1.0]),  # too short
-        msgpack.packb([1, 1, "o", "t", 1.0, b"", 1, 2]),  # too long
-        msgpack.packb([1, 1, "o", "t", 1.0, b""]),  # no sequence number
-        msgpack.packb([1, 1, "o", "t", 1.0, b"", "1"]),  # sequence not an int
+        msgpack.packb([1, 1, "o", "t", 1.0, b"", 1, 2, 3]),  # too long
+        msgpack.packb([1, 1, "o", "t", 1.0, b"", 1]),  # no stream number
+        msgpack.packb([1, 1, "o", "t", 1.0, b"", "1", 0]),  # sequence not an int
         msgpack.packb([1, 99, "o"]),  # unknown kind
         msgpack.packb([1, 10, "o", "ch"]),  # credit without count
         msgpack.packb([1, 10, "o", "ch", 1, 2]),  # credit with extra arg

@@ -635,3 +635,40 @@ def test_stats_incr_adds_without_logging(caplog: pytest.LogCaptureFixture) -> No
     stats.incr("reconnects", 4)
     assert stats.snapshot()["reconnects"] == 5
     assert _warnings(caplog) == []
+
+
+# -- sequence numbers ------------------------------------------------------------
+
+
+def test_sequencer_numbers_each_target_from_one() -> None:
+    from channels_nats.sequence import Sequencer
+
+    seq = Sequencer(idle=60)
+    assert [seq.next("a"), seq.next("a"), seq.next("b"), seq.next("a")] == [1, 2, 1, 3]
+
+
+def test_gap_detector_counts_missing_frames_only() -> None:
+    from channels_nats.sequence import GapDetector
+
+    gaps = GapDetector(idle=60)
+    assert gaps.observe("p", 1, "g", 1) == 0
+    assert gaps.observe("p", 1, "g", 2) == 0
+    assert gaps.observe("p", 1, "g", 5) == 2  # 3 and 4 never arrived
+    assert gaps.observe("p", 2, "g", 9) == 0  # another connection: own numbering
+    assert gaps.observe("p", 1, "g", 1) == 0  # a restarted sender is no gap
+    assert gaps.observe("p", 1, "g", 2) == 0
+
+
+def test_sequence_state_is_forgotten_when_idle(monkeypatch) -> None:
+    from channels_nats import sequence
+
+    clock = [1000.0]
+    monkeypatch.setattr(sequence.time, "monotonic", lambda: clock[0])
+    seq, gaps = sequence.Sequencer(idle=10), sequence.GapDetector(idle=10)
+    seq.next("t")
+    gaps.observe("p", 1, "t", 7)
+    clock[0] += 11
+    seq.sweep()
+    gaps.sweep()
+    assert seq.next("t") == 1
+    assert gaps.observe("p", 1, "t", 30) == 0  # no memory of 7: no false gap
