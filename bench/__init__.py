@@ -1,0 +1,1 @@
+"""Side-by-side benchmarks of channels_nats, channels_redis and raw nats-py."""

@@ -1,0 +1,312 @@
+"""Turn benchmark records into a Markdown report, target verdicts and plots."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+# scenario -> [(metric, label, higher is better)]
+METRICS: dict[str, list[tuple[str, str, bool]]] = {
+    "rtt": [
+        ("p50_us", "p50 µs", False),
+        ("p90_us", "p90 µs", False),
+        ("p99_us", "p99 µs", False),
+    ],
+    "send": [
+        ("rate", "msgs/s", True),
+        ("lost", "lost", False),
+        ("channel_full", "ChannelFull back-offs", False),
+    ],
+    "fanout": [
+        ("deliveries_per_s", "deliveries/s", True),
+        ("p50_us", "p50 µs", False),
+        ("p99_us", "p99 µs", False),
+        ("lost", "lost", False),
+    ],
+    "rooms": [
+        ("deliveries_per_s", "deliveries/s", True),
+        ("p99_us", "p99 µs", False),
+        ("lost", "lost", False),
+    ],
+    "rooms_rate": [
+        ("p50_us", "p50 µs", False),
+        ("p99_us", "p99 µs", False),
+        ("lost", "lost", False),
+    ],
+    "sync": [
+        ("call_p50_us", "group_send p50 µs", False),
+        ("floor_p50_us", "empty async_to_sync p50 µs", False),
+        ("x_floor", "x floor", False),
+    ],
+    "churn": [
+        ("add_per_s_c1", "group_add/s sequential", True),
+        ("add_per_s_c100", "group_add/s 100 callers", True),
+        ("discard_per_s_c100", "group_discard/s 100 callers", True),
+    ],
+    "websocket": [
+        ("delivered_per_s", "delivered/s", True),
+        ("p99_us", "p99 µs", False),
+        ("lost", "lost", False),
+    ],
+}
+
+TITLES = {
+    "rtt": "rtt: ping-pong over specific channels (2 processes)",
+    "send": "send: one producer to one consumer's specific channel",
+    "fanout": "fanout: 4 processes x 250 channels in one group, one sender",
+    "rooms": "rooms: 500 groups x 4 members over 2 processes, open loop",
+    "rooms_rate": "rooms at a fixed rate (1000 group_send/s)",
+    "sync": "sync: async_to_sync(group_send) from a plain thread",
+    "churn": "churn: group_add + group_discard, distinct groups",
+    "websocket": "websocket: broadcast through daphne to WebSocket clients",
+}
+
+
+def ratio_target(
+    scenario: str, metric: str, peer: str, op: str, bound: float, label: str
+) -> dict[str, Any]:
+    return {
+        "scenario": scenario,
+        "metric": metric,
+        "peer": peer,
+        "op": op,
+        "bound": bound,
+        "label": label,
+    }
+
+
+TARGETS = [
+    ratio_target("rtt", "p50_us", "raw", "<=", 1.1, "rtt p50 <= 1.1 x raw nats-py"),
+    ratio_target("send", "rate", "raw", ">=", 0.6, "send >= 0.6 x raw nats-py"),
+    ratio_target(
+        "fanout",
+        "deliveries_per_s",
+        "redis-pubsub",
+        ">=",
+        1.5,
+        "fanout >= 1.5 x RedisPubSubChannelLayer",
+    ),
+    ratio_target(
+        "fanout",
+        "deliveries_per_s",
+        "redis",
+        ">=",
+        10,
+        "fanout >= 10 x RedisChannelLayer",
+    ),
+    ratio_target(
+        "rooms",
+        "deliveries_per_s",
+        "redis",
+        ">=",
+        10,
+        "rooms >= 10 x RedisChannelLayer",
+    ),
+    ratio_target(
+        "rooms_rate",
+        "p99_us",
+        "redis-pubsub",
+        "<=",
+        1.0,
+        "rooms at fixed rate: p99 <= RedisPubSubChannelLayer",
+    ),
+    ratio_target(
+        "churn",
+        "add_per_s_c100",
+        "redis-pubsub",
+        ">=",
+        1.0,
+        "confirmed group_add, 100 callers >= RedisPubSub",
+    ),
+]
+ABSOLUTE = [
+    ("send", "lost", "==", 0, "send: 0 messages lost"),
+    ("rooms", "lost", "==", 0, "rooms: 0 lost"),
+    ("sync", "x_floor", "<=", 1.3, "sync p50 <= 1.3 x empty async_to_sync"),
+]
+
+
+def _values(
+    records: list[dict[str, Any]], scenario: str, impl: str, metric: str
+) -> dict[int, float]:
+    return {
+        r["rep"]: float(r[metric])
+        for r in records
+        if r["scenario"] == scenario
+        and r["impl"] == impl
+        and metric in r
+        and r[metric] is not None
+        and not math.isnan(float(r[metric]))
+    }
+
+
+def _fmt(x: float) -> str:
+    if math.isnan(x):
+        return "n/a"
+    if abs(x) >= 1000:
+        return f"{x:,.0f}"
+    if abs(x) >= 10:
+        return f"{x:.0f}"
+    return f"{x:.2f}"
+
+
+def _spread(values: list[float]) -> str:
+    if not values:
+        return "n/a"
+    med = statistics.median(values)
+    if len(values) == 1 or min(values) == max(values):
+        return _fmt(med)
+    return f"{_fmt(med)} [{_fmt(min(values))}-{_fmt(max(values))}]"
+
+
+def _check(value: float, op: str, bound: float) -> bool:
+    return {"<=": value <= bound, ">=": value >= bound, "==": value == bound}[op]
+
+
+def evaluate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each target with the per-repetition ratios and its verdict."""
+    rows = []
+    for t in TARGETS:
+        ours = _values(records, t["scenario"], "nats", t["metric"])
+        peer = _values(records, t["scenario"], t["peer"], t["metric"])
+        ratios = [ours[k] / peer[k] for k in sorted(ours) if k in peer and peer[k]]
+        if not ratios:
+            continue
+        med = statistics.median(ratios)
+        rows.append(
+            {
+                **t,
+                "ratios": ratios,
+                "median": med,
+                "met": _check(med, t["op"], t["bound"]),
+            }
+        )
+    for scenario, metric, op, bound, label in ABSOLUTE:
+        values = list(_values(records, scenario, "nats", metric).values())
+        if not values:
+            continue
+        med = statistics.median(values)
+        worst = max(values) if op in ("<=", "==") else min(values)
+        rows.append(
+            {
+                "label": label,
+                "ratios": values,
+                "median": med,
+                "met": _check(worst if op == "==" else med, op, bound),
+            }
+        )
+    return rows
+
+
+def markdown(
+    records: list[dict[str, Any]], machine: dict[str, Any], args: argparse.Namespace
+) -> str:
+    lines = [
+        "# channels_nats benchmark",
+        "",
+        f"Command: `python -m bench{' --quick' if args.quick else ''}"
+        f"{' --scenarios ' + args.scenarios if args.scenarios else ''}` "
+        f"({args.reps} repetitions, interleaved). Machine: {machine['cpu']}, "
+        f"{machine['cores']} cores, Python {machine['python']}, nats-py "
+        f"{machine['nats_py']}.",
+        "Cells: median [min-max] over the repetitions. Ratios are taken within "
+        "each repetition, then the median and spread of those ratios.",
+        "",
+        "## Targets",
+        "",
+        "| target | measured | spread | met |",
+        "|---|---|---|---|",
+    ]
+    for row in evaluate(records):
+        spread = ", ".join(_fmt(r) for r in row["ratios"])
+        lines.append(
+            f"| {row['label']} | {_fmt(row['median'])} | {spread} | "
+            f"{'yes' if row['met'] else '**no**'} |"
+        )
+    scenarios = [s for s in METRICS if any(r["scenario"] == s for r in records)]
+    for scenario in scenarios:
+        impls = list(
+            dict.fromkeys(r["impl"] for r in records if r["scenario"] == scenario)
+        )
+        metrics = METRICS[scenario]
+        lines += [
+            "",
+            f"## {TITLES[scenario]}",
+            "",
+            "| impl | " + " | ".join(label for _, label, _ in metrics) + " |",
+            "|---|" + "---|" * len(metrics),
+        ]
+        for impl in impls:
+            cells = [
+                _spread(list(_values(records, scenario, impl, m).values()))
+                for m, _, _ in metrics
+            ]
+            errors = [
+                r["error"]
+                for r in records
+                if r["scenario"] == scenario and r["impl"] == impl and "error" in r
+            ]
+            if errors:
+                cells.append(f"errors: {errors[0][:80]}")
+            lines.append(f"| {impl} | " + " | ".join(cells) + " |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def plot(out: Path, records: list[dict[str, Any]]) -> list[Path]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    written = []
+    for scenario, metrics in METRICS.items():
+        impls = list(
+            dict.fromkeys(r["impl"] for r in records if r["scenario"] == scenario)
+        )
+        if not impls:
+            continue
+        shown = [(m, label, up) for m, label, up in metrics if m != "lost"]
+        fig, axes = plt.subplots(1, len(shown), figsize=(4 * len(shown), 3.2))
+        if len(shown) == 1:
+            axes = [axes]
+        for ax, (metric, label, higher) in zip(axes, shown, strict=True):
+            medians, lows, highs = [], [], []
+            for impl in impls:
+                values = list(_values(records, scenario, impl, metric).values())
+                med = statistics.median(values) if values else 0.0
+                medians.append(med)
+                lows.append(med - (min(values) if values else 0.0))
+                highs.append((max(values) if values else 0.0) - med)
+            colors = ["#2a7ab0" if i == "nats" else "#9aa5ad" for i in impls]
+            ax.bar(impls, medians, yerr=[lows, highs], color=colors, capsize=3)
+            ax.set_title(
+                f"{label} ({'higher' if higher else 'lower'} is better)", fontsize=9
+            )
+            ax.tick_params(axis="x", labelsize=8, rotation=20)
+        fig.suptitle(TITLES[scenario], fontsize=10)
+        fig.tight_layout()
+        path = out / f"{scenario}.png"
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def write(
+    out: Path,
+    records: list[dict[str, Any]],
+    machine: dict[str, Any],
+    args: argparse.Namespace,
+    profile: dict[str, Any],
+) -> None:
+    text = markdown(records, machine, args)
+    plots = plot(out, records)
+    if plots:
+        text += "\n" + "\n".join(f"![{p.stem}]({p.name})" for p in plots) + "\n"
+    (out / "report.md").write_text(text)
