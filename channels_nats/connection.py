@@ -265,9 +265,17 @@ class Link:
         Call it on this link's loop: nats-py appends to its buffer before it
         can yield, so numbers go out in the order they were given.
         """
+        nc = self.nc
+        if nc is None or nc.is_closed:
+            raise ConnectionUnavailable(
+                f"the NATS connection of {self.label} is closed"
+            )
         seq = self.sequencer.next(target)
         frame = pack_data(kind, origin, target, sent_at, body, seq, self.stream)
-        await self.publish(subject, frame)
+        try:
+            await nc.publish(subject, frame)
+        except nats.errors.Error as exc:
+            raise NatsLayerError(f"publish to {subject} failed: {exc!r}") from exc
         return seq
 
     def publish_data_threadsafe(

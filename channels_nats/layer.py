@@ -16,6 +16,8 @@ from .transport import Transport
 
 __all__ = ["NatsChannelLayer"]
 
+_NAME_CACHE = 4096
+
 
 class NatsChannelLayer(BaseChannelLayer):  # type: ignore[misc]
     """Channel layer that moves messages between processes over NATS.
@@ -40,6 +42,30 @@ class NatsChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         self.group_expiry = self.config.group_expiry
         self._transport: Transport | None = None
         self._transport_lock = threading.Lock()
+        # Names already validated (a regex per call is a large part of a
+        # send). Bounded: cleared when full.
+        self._valid_channels: set[str] = set()
+        self._valid_groups: set[str] = set()
+
+    def require_valid_channel_name(self, name: Any, receive: bool = False) -> bool:
+        """Validate exactly as Channels does, remembering names that passed."""
+        if name in self._valid_channels and not receive:
+            return True
+        super().require_valid_channel_name(name, receive)
+        if not receive:
+            if len(self._valid_channels) >= _NAME_CACHE:
+                self._valid_channels.clear()
+            self._valid_channels.add(name)
+        return True
+
+    def require_valid_group_name(self, name: Any) -> bool:
+        if name in self._valid_groups:
+            return True
+        super().require_valid_group_name(name)
+        if len(self._valid_groups) >= _NAME_CACHE:
+            self._valid_groups.clear()
+        self._valid_groups.add(name)
+        return True
 
     @property
     def transport(self) -> Transport:

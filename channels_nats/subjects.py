@@ -29,8 +29,13 @@ _UNNAMED = {"_": "_", "d": ".", "b": "!"}
 _HEX6 = re.compile(r"0[0-9a-f]{5}|10[0-9a-f]{4}")
 
 
+_PLAIN = re.compile(r"[A-Za-z0-9-]+")
+
+
 def token(name: str) -> str:
     """Encode ``name`` into a single valid, non-empty NATS subject token."""
+    if _PLAIN.fullmatch(name):
+        return name
     if not name:
         return "_e"
     out = []
@@ -88,7 +93,7 @@ def owner_of(channel: str) -> str:
 class Subjects:
     """The subjects of one layer ``prefix``."""
 
-    __slots__ = ("broadcast", "prefix", "_group", "_process", "_control")
+    __slots__ = ("broadcast", "prefix", "_group", "_process", "_control", "_cache")
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
@@ -96,12 +101,23 @@ class Subjects:
         self._group = f"{prefix}.g."
         self._control = f"{prefix}.ctl."
         self.broadcast = f"{prefix}.bc"
+        # Subjects of recently used names; bounded, cleared when full.
+        self._cache: dict[tuple[int, str], str] = {}
+
+    def _subject(self, kind: int, base: str, name: str) -> str:
+        key = (kind, name)
+        subject = self._cache.get(key)
+        if subject is None:
+            if len(self._cache) >= 8192:
+                self._cache.clear()
+            subject = self._cache[key] = base + token(name)
+        return subject
 
     def process(self, client_id: str) -> str:
-        return self._process + token(client_id)
+        return self._subject(0, self._process, client_id)
 
     def control(self, client_id: str) -> str:
-        return self._control + token(client_id)
+        return self._subject(1, self._control, client_id)
 
     def group(self, group: str) -> str:
-        return self._group + token(group)
+        return self._subject(2, self._group, group)

@@ -67,6 +67,7 @@ __all__ = ["Transport"]
 logger = logging.getLogger("channels_nats")
 
 CREDIT_FLUSH_DELAY = 0.02
+CREDIT_YIELDS = 4
 
 
 def _valid_name(name: object, regex: re.Pattern[str]) -> bool:
@@ -104,6 +105,7 @@ class Transport:
             self._schedule_credit_flush,
         )
         self._process_subject = self.subjects.process(self.client_id)
+        self._dot_client_id = "." + self.client_id
         self._lock = threading.Lock()
         self._links: dict[asyncio.AbstractEventLoop, Link] = {}
         self._connecting: dict[asyncio.AbstractEventLoop, asyncio.Future[Link]] = {}
@@ -173,6 +175,14 @@ class Transport:
         return link
 
     async def _io_thread_link(self) -> Link:
+        cf = self._io_link
+        if cf is not None and cf.done() and not cf.exception():
+            link = cf.result()
+            if link.usable:
+                # No wrap_future here: for a finished concurrent future it
+                # still costs a self-pipe write and a loop iteration, on
+                # every async_to_sync call.
+                return link
         with self._lock:
             if self.closed:
                 raise NatsLayerError("the transport is closed")
@@ -339,7 +349,7 @@ class Transport:
                 )
         if kind == DIRECT:
             channel = target
-            if owner_of(channel) != self.client_id:
+            if not self._owns(channel):
                 self.stats.drop(
                     "malformed_frames",
                     "channels_nats: dropped a frame for %s, not a channel of this "
@@ -380,6 +390,11 @@ class Transport:
                 kind,
                 subject,
             )
+
+    def _owns(self, channel: str) -> bool:
+        """Whether specific channel ``channel`` belongs to this process."""
+        head = channel.split("!", 1)[0]
+        return head == self.client_id or head.endswith(self._dot_client_id)
 
     def _deliver_group(
         self, group: str, entry: Entry, sender: tuple[str, int, int]
@@ -438,11 +453,17 @@ class Transport:
         home = self._home
         if home is None or not home.usable:
             return
+        subject = self.subjects.control(origin)
+        frame = pack_control(CREDIT, self.client_id, channel, n)
+        try:
+            on_home_loop = asyncio.get_running_loop() is home.loop
+        except RuntimeError:
+            on_home_loop = False
         with contextlib.suppress(NatsLayerError):
-            home.publish_threadsafe(
-                self.subjects.control(origin),
-                pack_control(CREDIT, self.client_id, channel, n),
-            )
+            if on_home_loop:
+                home.spawn(home.publish(subject, frame))
+            else:
+                home.publish_threadsafe(subject, frame)
 
     def _schedule_credit_flush(self) -> None:
         home = self._home
@@ -464,7 +485,8 @@ class Transport:
 
     def check_size(self, body: bytes, target: str) -> None:
         """Raise :class:`MessageTooLarge` if a frame of ``body`` cannot be sent."""
-        size = len(body) + len(target.encode()) + len(self.client_id) + DATA_OVERHEAD
+        name = len(target) if target.isascii() else len(target.encode())
+        size = len(body) + name + len(self.client_id) + DATA_OVERHEAD
         if size > self.max_payload:
             raise MessageTooLarge(
                 f"The encoded message is about {size} bytes; the NATS server "
@@ -489,7 +511,7 @@ class Transport:
         if home is None or not home.usable:
             # Credits for this send come back on our control subject.
             await self.home()
-        if not self.windows.take(channel):
+        if not self.windows.take(channel) and not await self._credit_arrived(channel):
             self.stats.incr("refused_channel_full")
             raise ChannelFull(channel)
         subject = self.subjects.process(owner)
@@ -506,6 +528,20 @@ class Transport:
             self.windows.give_back(channel)
             raise
 
+    async def _credit_arrived(self, channel: str) -> bool:
+        """Let credit frames already in the socket in, then take a credit.
+
+        A sender in a tight loop never yields, so its read loop cannot process
+        the credits the receiver has sent back; raising ChannelFull then would
+        report a full channel that has room. A few loop iterations (socket
+        read, then the read loop's dispatch) are enough to see them.
+        """
+        for _ in range(CREDIT_YIELDS):
+            await asyncio.sleep(0)
+            if self.windows.take(channel):
+                return True
+        return False
+
     async def receive(self, channel: str) -> dict[str, Any]:
         normal = "!" not in channel
         if normal:
@@ -513,7 +549,9 @@ class Transport:
             # group messages meant for it.
             await self.normal.watch()
         else:
-            await self._ensure_receiving()
+            home = self._home
+            if home is None or home.loop is not asyncio.get_running_loop():
+                await self._ensure_receiving()
         while True:
             if normal:
                 entry = await self.normal.receive(channel)
