@@ -94,7 +94,7 @@ class Link:
         self.loop = loop
         #: Number of this connection among the process's, carried in its frames.
         self.stream = stream
-        self.sequencer = Sequencer(idle=max(2 * config.expiry, 240.0))
+        self.sequencer = Sequencer()
         self.label = label
         self._config = config
         self._queue = queue

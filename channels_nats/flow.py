@@ -94,6 +94,17 @@ class CreditBatcher:
         self._flush_scheduled = False
 
     def consumed(self, origin: str, channel: str, n: int = 1) -> None:
+        """Record ``n`` consumed messages; send a credit frame when one is due."""
+        count = self.due(origin, channel, n)
+        if count:
+            self._send(origin, channel, count)
+
+    def due(self, origin: str, channel: str, n: int = 1) -> int:
+        """Record ``n`` consumed messages; return the credits to send now (or 0).
+
+        The caller sends them itself, so that a receiver can put the frame on
+        the wire at once instead of queueing it behind the messages it drains.
+        """
         key = (origin, channel)
         schedule = False
         with self._lock:
@@ -105,10 +116,9 @@ class CreditBatcher:
                 count = 0
                 if not self._flush_scheduled:
                     self._flush_scheduled = schedule = True
-        if count:
-            self._send(origin, channel, count)
         if schedule:
             self._schedule_flush()
+        return count
 
     def flush(self) -> None:
         with self._lock:

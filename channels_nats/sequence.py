@@ -8,68 +8,75 @@ is told. Each connection of a sender numbers its data frames per target
 jump counts the missing frames as ``lost_in_transit`` and logs a WARNING, so
 such loss is never silent.
 
-State on both sides is forgotten after ``idle`` seconds without traffic; a
-sender that starts again at 1 is taken as a fresh start, not as a gap.
+State on both sides is kept in two generations: :meth:`sweep` (called every
+``idle`` seconds or so) drops what was not used since the previous sweep, so
+per-message work is a dict lookup with no clock read. A sender that starts a
+target again at 1 is taken as a fresh start, not as a gap.
 """
 
 from __future__ import annotations
 
 import threading
-import time
+from typing import Generic, TypeVar
 
 __all__ = ["GapDetector", "Sequencer"]
+
+K = TypeVar("K")
+
+
+class _Generations(Generic[K]):
+    """A dict whose entries unused for a whole sweep interval are forgotten."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.current: dict[K, int] = {}
+        self.previous: dict[K, int] = {}
+
+    def get(self, key: K) -> int | None:
+        # Called with the lock held.
+        value = self.current.get(key)
+        if value is None:
+            value = self.previous.pop(key, None)
+        return value
+
+    def sweep(self) -> None:
+        with self.lock:
+            self.previous, self.current = self.current, {}
 
 
 class Sequencer:
     """Sender side: the next number per target, for one connection."""
 
-    def __init__(self, idle: float) -> None:
-        self._idle = idle
-        self._lock = threading.Lock()
-        self._next: dict[str, list[float]] = {}  # target -> [last seq, last use]
+    def __init__(self) -> None:
+        self._state: _Generations[str] = _Generations()
 
     def next(self, target: str) -> int:
-        now = time.monotonic()
-        with self._lock:
-            state = self._next.get(target)
-            if state is None:
-                state = self._next[target] = [0, now]
-            state[0] += 1
-            state[1] = now
-            return int(state[0])
+        state = self._state
+        with state.lock:
+            seq = (state.get(target) or 0) + 1
+            state.current[target] = seq
+            return seq
 
     def sweep(self) -> None:
-        deadline = time.monotonic() - self._idle
-        with self._lock:
-            for target in [t for t, s in self._next.items() if s[1] < deadline]:
-                del self._next[target]
+        self._state.sweep()
 
 
 class GapDetector:
     """Receiver side: the last number seen per (sender, connection, target)."""
 
-    def __init__(self, idle: float) -> None:
-        self._idle = idle
-        self._lock = threading.Lock()
-        self._last: dict[tuple[str, int, str], list[float]] = {}
+    def __init__(self) -> None:
+        self._state: _Generations[tuple[str, int, str]] = _Generations()
 
     def observe(self, origin: str, stream: int, target: str, seq: int) -> int:
         """Record ``seq``; return how many frames before it never arrived."""
         key = (origin, stream, target)
-        now = time.monotonic()
-        with self._lock:
-            state = self._last.get(key)
-            if state is None:
-                self._last[key] = [seq, now]
-                return 0
-            last = int(state[0])
-            state[0], state[1] = seq, now
-        if seq > last + 1:
+        state = self._state
+        with state.lock:
+            last = state.get(key)
+            state.current[key] = seq
+        if last is not None and seq > last + 1:
             return seq - last - 1
-        return 0  # next in line, a restart at 1, or a duplicate
+        return 0  # first seen, next in line, a restart at 1, or a duplicate
 
     def sweep(self) -> None:
-        deadline = time.monotonic() - self._idle
-        with self._lock:
-            for key in [k for k, s in self._last.items() if s[1] < deadline]:
-                del self._last[key]
+        self._state.sweep()

@@ -89,6 +89,20 @@ def unpack_frame(data: bytes) -> Frame:
         obj = msgpack.unpackb(data)
     except Exception as exc:  # msgpack raises several unrelated types
         raise MalformedFrame(f"not msgpack: {exc}") from None
+    # Fast path for the common case, a well-formed data frame.
+    if (
+        type(obj) is list
+        and len(obj) == 8
+        and obj[0] == VERSION
+        and (obj[1] == DIRECT or obj[1] == GROUP)
+        and type(obj[2]) is str
+        and type(obj[3]) is str
+        and type(obj[4]) is float
+        and type(obj[5]) is bytes
+        and type(obj[6]) is int
+        and type(obj[7]) is int
+    ):
+        return Frame(obj[1], obj[2], (obj[3], obj[4], obj[5], obj[6], obj[7]))
     if not isinstance(obj, list) or len(obj) < 3 or obj[0] != VERSION:
         raise MalformedFrame("not a channels_nats v1 frame")
     kind, origin = obj[1], obj[2]

@@ -95,7 +95,8 @@ class Transport:
         self.stats = Stats()
         self.capacity_of = capacity_of
         self._streams = itertools.count(1)
-        self.gaps = GapDetector(idle=max(2 * config.expiry, 240.0))
+        self.gaps = GapDetector()
+        self._sequence_sweep_every = max(2 * config.expiry, 240.0)
         self.inbox = Inbox(config.expiry, capacity_of, self.stats, self._consumed)
         self.groups = GroupRegistry(config.group_expiry)
         self.windows = CreditWindows(capacity_of, config.expiry)
@@ -106,6 +107,7 @@ class Transport:
         )
         self._process_subject = self.subjects.process(self.client_id)
         self._dot_client_id = "." + self.client_id
+        self._routes: dict[str, str] = {}
         self._lock = threading.Lock()
         self._links: dict[asyncio.AbstractEventLoop, Link] = {}
         self._connecting: dict[asyncio.AbstractEventLoop, asyncio.Future[Link]] = {}
@@ -308,12 +310,17 @@ class Transport:
 
     async def _sweep_forever(self, home: Link) -> None:
         interval = max(0.5, min(self.config.expiry, 30.0) / 2)
+        sequences_swept = time.monotonic()
         while True:
             await asyncio.sleep(interval)
             self.inbox.sweep()
-            self.gaps.sweep()
-            for link in list(self._links.values()):
-                link.sequencer.sweep()
+            now = time.monotonic()
+            if now - sequences_swept >= self._sequence_sweep_every:
+                # Two generations: state idle for one to two intervals goes.
+                sequences_swept = now
+                self.gaps.sweep()
+                for link in list(self._links.values()):
+                    link.sequencer.sweep()
             for group in self.groups.sweep():
                 await home.unsubscribe(self.subjects.group(group))
 
@@ -465,6 +472,25 @@ class Transport:
             else:
                 home.publish_threadsafe(subject, frame)
 
+    async def _return_credit(self, origin: str, channel: str, n: int) -> None:
+        """Send a due credit frame now, from the receiving loop if it can.
+
+        A receiver draining a full buffer does not yield, so a frame handed to
+        a task would wait until the buffer is empty and the sender would stall
+        meanwhile. Publishing here and yielding once lets nats-py's flusher
+        write it at once.
+        """
+        link = self._links.get(asyncio.get_running_loop())
+        if link is None or not link.usable:
+            self._send_credit(origin, channel, n)
+            return
+        frame = pack_control(CREDIT, self.client_id, channel, n)
+        try:
+            await link.publish(self.subjects.control(origin), frame)
+        except NatsLayerError:
+            return  # the sender refills the window after expiry
+        await asyncio.sleep(0)
+
     def _schedule_credit_flush(self) -> None:
         home = self._home
         if home is None or not home.usable:
@@ -499,24 +525,28 @@ class Transport:
         if "!" not in channel:
             await self.normal.send(channel, body, now)
             return
-        owner = owner_of(channel)
-        if owner == self.client_id:
+        subject = self._routes.get(channel)
+        if subject is None:
+            subject = self._route(channel)
+        if not subject:  # a channel of this process: no broker involved
             if not self.inbox.put(channel, Entry(now, body, ""), enforce_capacity=True):
                 self.stats.incr("refused_channel_full")
                 raise ChannelFull(channel)
             return
-        link = await self.link()
+        loop = asyncio.get_running_loop()
+        link = self._links.get(loop)
+        if link is None or not link.usable:
+            link = await self.link()
         self.check_size(body, channel)
         home = self._home
-        if home is None or not home.usable:
+        if home is not link and (home is None or not home.usable):
             # Credits for this send come back on our control subject.
             await self.home()
         if not self.windows.take(channel) and not await self._credit_arrived(channel):
             self.stats.incr("refused_channel_full")
             raise ChannelFull(channel)
-        subject = self.subjects.process(owner)
         try:
-            if link.loop is asyncio.get_running_loop():
+            if link.loop is loop:
                 await link.publish_data(
                     subject, DIRECT, self.client_id, channel, now, body
                 )
@@ -527,6 +557,19 @@ class Transport:
         except BaseException:
             self.windows.give_back(channel)
             raise
+
+    def _route(self, channel: str) -> str:
+        """Return the subject that reaches specific ``channel`` ("" if it is ours).
+
+        Cached per channel name (bounded), as senders reply to the same
+        channels over and over.
+        """
+        owner = owner_of(channel)
+        subject = "" if owner == self.client_id else self.subjects.process(owner)
+        if len(self._routes) >= 8192:
+            self._routes.clear()
+        self._routes[channel] = subject
+        return subject
 
     async def _credit_arrived(self, channel: str) -> bool:
         """Let credit frames already in the socket in, then take a credit.
@@ -558,7 +601,9 @@ class Transport:
             else:
                 entry = await self.inbox.get(channel)
             if entry.origin:
-                self.credits.consumed(entry.origin, channel)
+                due = self.credits.due(entry.origin, channel)
+                if due:
+                    await self._return_credit(entry.origin, channel, due)
             try:
                 return self.serializer.loads(entry.body)
             except MalformedFrame as exc:
@@ -686,10 +731,13 @@ class Transport:
     async def group_send(self, group: str, message: dict[str, Any]) -> None:
         body = self.serializer.dumps(message)
         now = time.time()
-        link = await self.link()
+        loop = asyncio.get_running_loop()
+        link = self._links.get(loop)
+        if link is None or not link.usable:
+            link = await self.link()
         self.check_size(body, group)
         subject = self.subjects.group(group)
-        if link.loop is asyncio.get_running_loop():
+        if link.loop is loop:
             seq = await link.publish_data(
                 subject, GROUP, self.client_id, group, now, body
             )

@@ -643,14 +643,14 @@ def test_stats_incr_adds_without_logging(caplog: pytest.LogCaptureFixture) -> No
 def test_sequencer_numbers_each_target_from_one() -> None:
     from channels_nats.sequence import Sequencer
 
-    seq = Sequencer(idle=60)
+    seq = Sequencer()
     assert [seq.next("a"), seq.next("a"), seq.next("b"), seq.next("a")] == [1, 2, 1, 3]
 
 
 def test_gap_detector_counts_missing_frames_only() -> None:
     from channels_nats.sequence import GapDetector
 
-    gaps = GapDetector(idle=60)
+    gaps = GapDetector()
     assert gaps.observe("p", 1, "g", 1) == 0
     assert gaps.observe("p", 1, "g", 2) == 0
     assert gaps.observe("p", 1, "g", 5) == 2  # 3 and 4 never arrived
@@ -659,16 +659,18 @@ def test_gap_detector_counts_missing_frames_only() -> None:
     assert gaps.observe("p", 1, "g", 2) == 0
 
 
-def test_sequence_state_is_forgotten_when_idle(monkeypatch) -> None:
-    from channels_nats import sequence
+def test_sequence_state_survives_one_sweep_and_goes_after_two() -> None:
+    from channels_nats.sequence import GapDetector, Sequencer
 
-    clock = [1000.0]
-    monkeypatch.setattr(sequence.time, "monotonic", lambda: clock[0])
-    seq, gaps = sequence.Sequencer(idle=10), sequence.GapDetector(idle=10)
+    seq, gaps = Sequencer(), GapDetector()
     seq.next("t")
     gaps.observe("p", 1, "t", 7)
-    clock[0] += 11
     seq.sweep()
     gaps.sweep()
-    assert seq.next("t") == 1
-    assert gaps.observe("p", 1, "t", 30) == 0  # no memory of 7: no false gap
+    assert seq.next("t") == 2  # used since: kept
+    assert gaps.observe("p", 1, "t", 9) == 1  # 8 is missing: remembered
+    for _ in range(2):
+        seq.sweep()
+        gaps.sweep()
+    assert seq.next("t") == 1  # idle for two sweeps: forgotten
+    assert gaps.observe("p", 1, "t", 30) == 0  # no memory of 9: no false gap
