@@ -21,6 +21,9 @@ class GroupRegistry:
         self._expiry = group_expiry
         self._lock = threading.Lock()
         self._groups: dict[str, dict[str, float]] = {}
+        # A lower bound of each group's oldest membership: members() scans
+        # for expired ones only when one can have expired.
+        self._oldest: dict[str, float] = {}
 
     def add(self, group: str, channel: str) -> bool:
         """Add (or refresh) a membership; return True if ``group`` was empty."""
@@ -29,7 +32,9 @@ class GroupRegistry:
             if members is None:
                 members = self._groups[group] = {}
             was_empty = not members
-            members[channel] = time.time()
+            now = members[channel] = time.time()
+            if was_empty:
+                self._oldest[group] = now
             return was_empty
 
     def discard(self, group: str, channel: str) -> bool:
@@ -42,6 +47,7 @@ class GroupRegistry:
             if members:
                 return False
             del self._groups[group]
+            self._oldest.pop(group, None)
             return True
 
     def members(self, group: str) -> list[str]:
@@ -51,9 +57,12 @@ class GroupRegistry:
             if not members:
                 return []
             deadline = time.time() - self._expiry
-            stale = [ch for ch, added in members.items() if added < deadline]
-            for ch in stale:
-                del members[ch]
+            if self._oldest.get(group, 0.0) < deadline:
+                stale = [ch for ch, added in members.items() if added < deadline]
+                for ch in stale:
+                    del members[ch]
+                if members:
+                    self._oldest[group] = min(members.values())
             return list(members)
 
     def has_members(self, group: str) -> bool:
@@ -74,11 +83,15 @@ class GroupRegistry:
                     del members[ch]
                 if not members:
                     del self._groups[group]
+                    self._oldest.pop(group, None)
                     emptied.append(group)
+                else:
+                    self._oldest[group] = min(members.values())
         return emptied
 
     def clear(self) -> list[str]:
         with self._lock:
             names = list(self._groups)
             self._groups.clear()
+            self._oldest.clear()
             return names

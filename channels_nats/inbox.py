@@ -158,6 +158,42 @@ class Inbox:
             _call_on_loop(waiter, _wake)
         return accepted
 
+    def put_many(self, channels: list[str], entry: Entry) -> list[str]:
+        """Buffer ``entry`` for each channel (a group's local members).
+
+        One lock for all of them; capacity applies per channel. Return the
+        channels that were full and did not get it.
+        """
+        waiters: list[asyncio.Future[None]] = []
+        full: list[str] = []
+        expired_reports = []
+        now = time.time()
+        with self._lock:
+            if self._closed is not None:
+                return []
+            for channel in channels:
+                buf = self._buffers.get(channel)
+                if buf is None:
+                    buf = self._buffers[channel] = _Buffer()
+                elif buf.items:
+                    expired = self._purge_expired(channel, buf, now)
+                    if expired:
+                        expired_reports.append((channel, expired))
+                if len(buf.items) >= self._capacity_of(channel):
+                    full.append(channel)
+                    continue
+                buf.items.append(entry)
+                while buf.waiters:
+                    fut = buf.waiters.popleft()
+                    if not fut.done():
+                        waiters.append(fut)
+                        break
+        for channel, expired in expired_reports:
+            self._report_expired(channel, expired)
+        for fut in waiters:
+            _call_on_loop(fut, _wake)
+        return full
+
     async def get(self, channel: str) -> Entry:
         """Wait for and take the next unexpired message of ``channel``."""
         loop = asyncio.get_running_loop()

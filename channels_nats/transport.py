@@ -412,17 +412,22 @@ class Transport:
         forwarded to their JetStream stream, de-duplicated there by
         ``sender`` (origin, stream, seq), which names the message uniquely.
         """
-        for channel in self.groups.members(group):
-            if "!" not in channel:
-                self.normal.forward(group, channel, entry, sender)
-            elif not self.inbox.put(channel, entry, enforce_capacity=True):
-                self.stats.drop(
-                    "dropped_capacity",
-                    "channels_nats: group_send to %s dropped a message for %s: the "
-                    "channel is at capacity",
-                    group,
-                    channel,
-                )
+        members = self.groups.members(group)
+        if not members:
+            return
+        specific = [channel for channel in members if "!" in channel]
+        if len(specific) != len(members):
+            for channel in members:
+                if "!" not in channel:
+                    self.normal.forward(group, channel, entry, sender)
+        for channel in self.inbox.put_many(specific, entry):
+            self.stats.drop(
+                "dropped_capacity",
+                "channels_nats: group_send to %s dropped a message for %s: the "
+                "channel is at capacity",
+                group,
+                channel,
+            )
 
     async def _membership_request(
         self, kind: int, args: tuple[Any, ...], reply: str, link: Link
