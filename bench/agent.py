@@ -93,6 +93,12 @@ class Role:
     async def run(self, params: dict[str, Any]) -> Any:
         raise NotImplementedError
 
+    async def _cancel(self, tasks: list[asyncio.Task[None]]) -> None:
+        """Cancel and await background tasks before their layer closes."""
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     async def close(self) -> None:
         if self.nc is not None:
             await self.nc.close()
@@ -135,7 +141,7 @@ class Ponger(Role):
 
     async def close(self) -> None:
         if self.impl != "raw":
-            self.task.cancel()
+            await self._cancel([self.task])
         await super().close()
 
 
@@ -205,7 +211,7 @@ class Consumer(Role):
 
     async def close(self) -> None:
         if self.impl != "raw":
-            self.task.cancel()
+            await self._cancel([self.task])
         await super().close()
 
 
@@ -299,8 +305,7 @@ class Members(Role):
         }
 
     async def close(self) -> None:
-        for task in self.tasks:
-            task.cancel()
+        await self._cancel(self.tasks)
         await super().close()
 
 
