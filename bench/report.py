@@ -211,7 +211,8 @@ def markdown(
         f"{' --scenarios ' + args.scenarios if args.scenarios else ''}` "
         f"({args.reps} repetitions, interleaved). Machine: {machine['cpu']}, "
         f"{machine['cores']} cores, Python {machine['python']}, nats-py "
-        f"{machine['nats_py']}.",
+        f"{machine['nats_py']}, channels_redis {machine['channels_redis']}, "
+        "nats-server 2.15.1 and redis-server started by the harness on loopback.",
         "Cells: median [min-max] over the repetitions. Ratios are taken within "
         "each repetition, then the median and spread of those ratios.",
         "",
@@ -285,6 +286,9 @@ def plot(out: Path, records: list[dict[str, Any]]) -> list[Path]:
                 highs.append((max(values) if values else 0.0) - med)
             colors = ["#2a7ab0" if i == "nats" else "#9aa5ad" for i in impls]
             ax.bar(impls, medians, yerr=[lows, highs], color=colors, capsize=3)
+            positive = [m for m in medians if m > 0]
+            if positive and max(positive) / min(positive) > 20:
+                ax.set_yscale("log")  # raw nats-py and Redis are far apart
             ax.set_title(
                 f"{label} ({'higher' if higher else 'lower'} is better)", fontsize=9
             )

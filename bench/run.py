@@ -403,14 +403,21 @@ def machine() -> dict[str, Any]:
                     break
     except OSError:
         pass
-    import nats
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "?"
 
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "nats_py": getattr(nats, "__version__", "?"),
+        "nats_py": installed("nats-py"),
+        "channels_redis": installed("channels-redis"),
     }
 
 
@@ -483,12 +490,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reps", type=int, default=3, help="repetitions (>= 3)")
     parser.add_argument("--scenarios", default="", help="comma-separated subset")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    parser.add_argument(
+        "--render",
+        action="store_true",
+        help="only rebuild report.md and the plots from OUT/results.jsonl",
+    )
     args = parser.parse_args(argv)
     unknown = set(filter(None, args.scenarios.split(","))) - set(SCENARIOS)
     if unknown:
         parser.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = asyncio.run(main_async(args, out))
+    if args.render:
+        from bench import report
+
+        records = [json.loads(line) for line in (out / "results.jsonl").open()]
+        report.write(out, records, machine(), args, QUICK if args.quick else FULL)
+        path = out / "report.md"
+    else:
+        path = asyncio.run(main_async(args, out))
     print(path.read_text())
     print(f"written: {path}")
