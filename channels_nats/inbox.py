@@ -11,7 +11,6 @@ leaves the message in the buffer for the next receiver.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import threading
 import time
 from collections import deque
@@ -20,6 +19,7 @@ from typing import Any, NamedTuple
 
 from .exceptions import LayerClosed
 from .stats import Stats
+from .wakeup import fail, wake
 
 __all__ = ["Entry", "Inbox"]
 
@@ -40,32 +40,6 @@ class _Buffer:
     def __init__(self) -> None:
         self.items: deque[Entry] = deque()
         self.waiters: deque[asyncio.Future[None]] = deque()
-
-
-def _wake(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
-
-
-def _fail(fut: asyncio.Future[None], exc: BaseException) -> None:
-    if not fut.done():
-        fut.set_exception(exc)
-
-
-def _call_on_loop(
-    fut: asyncio.Future[None], fn: Callable[..., None], *args: object
-) -> None:
-    loop = fut.get_loop()
-    try:
-        running = asyncio.get_running_loop()
-    except RuntimeError:
-        running = None
-    if running is loop:
-        fn(fut, *args)
-    else:
-        # RuntimeError: that loop is closed, so nobody waits there any more.
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(fn, fut, *args)
 
 
 class Inbox:
@@ -155,7 +129,7 @@ class Inbox:
                         break
         self._report_expired(channel, expired)
         if waiter is not None:
-            _call_on_loop(waiter, _wake)
+            wake(waiter)
         return accepted
 
     def put_many(self, channels: list[str], entry: Entry) -> list[str]:
@@ -191,7 +165,7 @@ class Inbox:
         for channel, expired in expired_reports:
             self._report_expired(channel, expired)
         for fut in waiters:
-            _call_on_loop(fut, _wake)
+            wake(fut)
         return full
 
     async def get(self, channel: str) -> Entry:
@@ -236,7 +210,7 @@ class Inbox:
                             successor = candidate
                             break
         if successor is not None:
-            _call_on_loop(successor, _wake)
+            wake(successor)
 
     def sweep(self) -> None:
         """Drop expired messages and forget idle, empty buffers."""
@@ -275,7 +249,7 @@ class Inbox:
         if pending:
             self._stats.incr("dropped_flushed", pending)
         for fut in waiters:
-            _call_on_loop(fut, _fail, LayerClosed("the channel layer was closed"))
+            fail(fut, LayerClosed("the channel layer was closed"))
 
     def count(self, channel: str) -> int:
         """Unexpired messages buffered for ``channel``."""

@@ -41,6 +41,7 @@ from .exceptions import ChannelFull, NatsLayerError, NormalChannelsUnavailable
 from .inbox import Entry
 from .serializers import DIRECT, MalformedFrame, pack_data, unpack_frame
 from .subjects import token, untoken
+from .wakeup import fail, wake
 
 if TYPE_CHECKING:
     from .transport import Transport
@@ -560,13 +561,12 @@ class NormalChannels:
             if self._watching is not None and self._watching.usable:
                 return
             self._watching = home
-        loop = asyncio.get_running_loop()
 
         def done(exc: BaseException | None) -> None:
             if exc is None:
-                loop.call_soon_threadsafe(_set_result, ready)
+                wake(ready)
             else:
-                loop.call_soon_threadsafe(_set_exception, ready, exc)
+                fail(ready, exc)
 
         home.loop.call_soon_threadsafe(home.spawn, self._watch_forever(home, done))
         await ready
@@ -639,13 +639,3 @@ class NormalChannels:
                 self._watching = None
                 return True
             return False
-
-
-def _set_result(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
-
-
-def _set_exception(fut: asyncio.Future[None], exc: BaseException) -> None:
-    if not fut.done():
-        fut.set_exception(exc)
