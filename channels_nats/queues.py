@@ -130,7 +130,7 @@ class _Puller:
         """Add ``n`` (±1) waiting receivers; start or wake the fetcher."""
         with self._lock:
             self._demand += n
-            start = n > 0 and not self._running
+            start = self._demand > 0 and not self._running
             if start:
                 self._running = True
         try:
@@ -173,8 +173,8 @@ class _Puller:
             with self._lock:
                 self._running = False
             self.release()
-            if self._demand > 0 and not self.broken:
-                self.want(0)  # demand arrived while stopping
+            if not self.broken:
+                self.want(0)  # restarts the fetcher if demand arrived meanwhile
 
     def release(self) -> None:
         """Nak the messages fetched here that no receiver took."""
