@@ -281,6 +281,12 @@ class NormalChannels:
         stream, subject = self.subject(channel)
         await self._ensure_stream(link, stream)
         puller = await link.run(self._subscribe, link, stream, subject, channel)
+        existing = self._pullers.get(key)
+        if existing is not None and existing.link is link and not existing.broken:
+            # A concurrent receive subscribed first: use that one.
+            with contextlib.suppress(Exception):
+                await link.run(puller.psub.unsubscribe)
+            return existing
         self._pullers[key] = puller
         return puller
 
