@@ -30,7 +30,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import nats.errors
 import nats.js.errors
@@ -104,6 +104,32 @@ async def _retry(fn: Callable[[], Awaitable[T]], what: str) -> T:
             delay = min(delay * 2, 1.0)
 
 
+class _Fetched(NamedTuple):
+    """A message fetched from JetStream, and the connection that fetched it.
+
+    Its ack and nak must be sent on that connection's event loop, whichever
+    loop the receiver that takes it runs on.
+    """
+
+    msg: Any
+    link: Link
+
+    def settle(self, ack: bool) -> None:
+        """Ack (or nak) without waiting, from any thread."""
+        link = self.link
+        coro = self.msg.ack() if ack else self.msg.nak()
+        try:
+            if asyncio.get_running_loop() is link.loop:
+                link.spawn(coro)
+                return
+        except RuntimeError:
+            pass
+        try:
+            link.loop.call_soon_threadsafe(link.spawn, coro)
+        except RuntimeError:  # that loop is closed: JetStream redelivers
+            coro.close()
+
+
 class _Puller:
     """The pull subscription of one channel's consumer on one link.
 
@@ -168,7 +194,7 @@ class _Puller:
                     self.broken = True
                     return
                 for msg in msgs:
-                    self.owner.accept(self.channel, msg)
+                    self.owner.accept(self.channel, _Fetched(msg, self.link))
         finally:
             with self._lock:
                 self._running = False
@@ -180,7 +206,7 @@ class _Puller:
         """Nak the messages fetched here that no receiver took."""
         for entry in self.owner.inbox.take_all(self.channel):
             if entry.handle is not None:
-                self.link.spawn(entry.handle.nak())
+                entry.handle.settle(ack=False)
 
 
 class NormalChannels:
@@ -362,8 +388,9 @@ class NormalChannels:
                 raise ChannelFull(subject) from None
             raise NatsLayerError(f"JetStream refused a message: {exc}") from exc
 
-    def accept(self, channel: str, msg: Any) -> None:
+    def accept(self, channel: str, fetched: _Fetched) -> None:
         """Buffer a fetched message for the receivers of ``channel``."""
+        msg = fetched.msg
         try:
             frame = unpack_frame(msg.data)
             if frame.kind != DIRECT:
@@ -375,10 +402,10 @@ class NormalChannels:
                 channel,
                 exc,
             )
-            asyncio.get_running_loop().create_task(msg.term())
+            fetched.link.spawn(msg.term())
             return
         _target, sent_at, body, _seq, _stream = frame.args
-        entry = Entry(sent_at, body, "", msg, time.monotonic())
+        entry = Entry(sent_at, body, "", fetched, time.monotonic())
         self.inbox.put(channel, entry, enforce_capacity=False)
 
     async def receive(self, channel: str) -> Entry:
@@ -399,14 +426,14 @@ class NormalChannels:
                 if time.monotonic() - entry.fetched_at > self.ack_wait * 0.8:
                     # JetStream may have handed it to another receiver by
                     # now: let it decide rather than risk a duplicate.
-                    self._settle(puller, handle.nak())
+                    handle.settle(ack=False)
                     continue
-                await self._confirm(puller, channel, entry)
+                await self._confirm(channel, entry)
                 return entry
         finally:
             puller.want(-1)
 
-    async def _confirm(self, puller: _Puller, channel: str, entry: Entry) -> None:
+    async def _confirm(self, channel: str, entry: Entry) -> None:
         """Ack ``entry`` and wait for JetStream to confirm it.
 
         Once confirmed the message has left the stream, so the channel has
@@ -414,10 +441,10 @@ class NormalChannels:
         receive is cancelled meanwhile, the message goes back to this
         process's buffer for the next receiver instead of being lost.
         """
-        link = puller.link
+        fetched: _Fetched = entry.handle
         timeout = self._t.config.request_timeout
         future = asyncio.run_coroutine_threadsafe(
-            entry.handle.ack_sync(timeout=timeout), link.loop
+            fetched.msg.ack_sync(timeout=timeout), fetched.link.loop
         )
         waiter = asyncio.wrap_future(future)
         try:
@@ -434,17 +461,6 @@ class NormalChannels:
         except Exception as exc:
             # Not confirmed: JetStream may deliver it again (at-least-once).
             logger.debug("channels_nats: ack on %s not confirmed: %r", channel, exc)
-
-    def _settle(self, puller: _Puller, coro: Awaitable[Any]) -> None:
-        """Send an ack or nak from any thread, without waiting for it."""
-        link = puller.link
-        try:
-            if asyncio.get_running_loop() is link.loop:
-                link.spawn(coro)
-            else:
-                link.loop.call_soon_threadsafe(link.spawn, coro)
-        except RuntimeError:
-            coro.close()  # type: ignore[attr-defined]
 
     # -- groups ------------------------------------------------------------------
 

@@ -207,3 +207,38 @@ async def test_without_jetstream_normal_channels_fail_clearly_and_specific_work(
     finally:
         await layer.close()
         await other.close()
+
+
+async def test_a_process_receiving_from_two_loops_acks_each_message_once(layer, other):
+    """Receivers on the test's loop and on async_to_sync loops share the inbox.
+
+    Each message is acked on the connection that fetched it, whichever loop
+    takes it; none is delivered twice or lost.
+    """
+    import threading
+
+    from asgiref.sync import async_to_sync
+
+    n = 20
+    for i in range(n):
+        await layer.send("two-loops", {"type": "m", "i": i})
+    from_thread: list[int] = []
+    errors: list[BaseException] = []
+
+    def sync_receiver() -> None:
+        try:
+            for _ in range(n // 2):
+                message = async_to_sync(other.receive)("two-loops")
+                from_thread.append(message["i"])
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    thread = threading.Thread(target=sync_receiver)
+    thread.start()
+    from_loop = [(await recv(other, "two-loops"))["i"] for _ in range(n // 2)]
+    await asyncio.to_thread(thread.join, 30)
+    assert not errors
+    assert sorted(from_loop + from_thread) == list(range(n))
+    # Nothing is left over or redelivered: the next message is the marker.
+    await layer.send("two-loops", {"type": "marker"})
+    assert await recv(other, "two-loops") == {"type": "marker"}
