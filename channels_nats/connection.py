@@ -186,11 +186,12 @@ class Link:
             with contextlib.suppress(NatsLayerError):
                 await self.publish(subject, payload)
         self.closed = True
-        for task in list(self._tasks):
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(BaseException):
-                await task
+        # Their own cancellation is expected; a cancellation of close() itself
+        # still propagates out of gather().
+        await asyncio.gather(*tasks, return_exceptions=True)
         nc, self.nc = self.nc, None
         if nc is not None and not nc.is_closed:
             try:

@@ -7,43 +7,33 @@ Data flow of one layer instance (one per process and CHANNEL_LAYERS alias)::
     NATS ──► home Link ──► _on_message ──► Inbox / GroupRegistry / CreditWindows
     receive ◄── Inbox.get (any loop) ──► CreditBatcher ──► credit frame to sender
 
-The *home* link holds the process's subscriptions (its process subject, its
-control subject, the broadcast subject and one subject per group with local
-members). It is the link of the first long-lived loop that uses the layer,
-or of the layer's I/O thread when only short-lived (``async_to_sync``) loops
-do. When the home loop shuts down the subscriptions move to the I/O thread,
-and the first ``receive()`` on a long-lived loop moves them back, so channels
-outlive the loops that made them. Subscriptions use the client id as queue
-group, so while both links hold them during a move each message reaches
-exactly one of them.
+Which connection each event loop uses, and which one holds the process's
+subscriptions (the *home*), is :mod:`channels_nats.links`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
-import concurrent.futures
 import contextlib
-import itertools
 import logging
 import re
 import secrets
-import threading
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import nats.errors
-from asgiref.sync import AsyncToSync
 from channels.layers import BaseChannelLayer
 
 from .config import LayerConfig
-from .connection import IOThread, Link
+from .connection import Link
 from .exceptions import ChannelFull, MessageTooLarge, NatsLayerError
 from .flow import CreditBatcher, CreditWindows
 from .groups import GroupRegistry
 from .inbox import Entry, Inbox
+from .links import Links
 from .queues import NormalChannels
 from .sequence import GapDetector
 from .serializers import (
@@ -79,11 +69,6 @@ def _valid_name(name: object, regex: re.Pattern[str]) -> bool:
     )
 
 
-def _is_short_lived(loop: asyncio.AbstractEventLoop) -> bool:
-    """Whether ``loop`` is one that ``async_to_sync`` made for a single call."""
-    return loop in AsyncToSync.loop_thread_executors
-
-
 class Transport:
     """Everything one layer instance does in one process."""
 
@@ -94,7 +79,6 @@ class Transport:
         self.serializer = Serializer(config.symmetric_encryption_keys)
         self.stats = Stats()
         self.capacity_of = capacity_of
-        self._streams = itertools.count(1)
         self.gaps = GapDetector()
         self._sequence_sweep_every = max(2 * config.expiry, 240.0)
         self.inbox = Inbox(config.expiry, capacity_of, self.stats, self._consumed)
@@ -108,136 +92,37 @@ class Transport:
         self._process_subject = self.subjects.process(self.client_id)
         self._dot_client_id = "." + self.client_id
         self._routes: dict[str, str] = {}
-        self._lock = threading.Lock()
-        self._links: dict[asyncio.AbstractEventLoop, Link] = {}
-        self._connecting: dict[asyncio.AbstractEventLoop, asyncio.Future[Link]] = {}
-        self._watchers: dict[asyncio.AbstractEventLoop, AsyncIterator[None]] = {}
-        self._io: IOThread | None = None
-        self._io_link: concurrent.futures.Future[Link] | None = None
-        self._home: Link | None = None
-        self._moving: concurrent.futures.Future[None] | None = None
         self._sweeper: tuple[Link, asyncio.Task[None]] | None = None
-        self.max_payload = 1024 * 1024
         self.closed = False
         self.normal = NormalChannels(self)
+        self.links = Links(
+            config,
+            self.client_id,
+            self.stats,
+            self._on_message,
+            wanted=self._wanted_subjects,
+            home_moved=self._start_sweeper,
+            dropped=self.normal.forget_link,
+            rewatch=self.normal.watch,
+        )
         atexit.register(_close_at_exit, weakref.ref(self))
 
-    # -- links -----------------------------------------------------------------
+    # -- links and home ------------------------------------------------------
 
     async def link(self) -> Link:
-        """Return the link to use from the running loop, connecting if needed."""
-        loop = asyncio.get_running_loop()
-        link = self._links.get(loop)
-        if link is not None:
-            if link.usable:
-                return link
-            # nats-py gave this connection up; replace it.
-            self._links.pop(loop, None)
-            self.normal.forget_link(link)
-            if not link.closed and not loop.is_closed():
-                loop.create_task(link.close())
-        if self.closed:
-            raise NatsLayerError("the transport is closed")
-        if _is_short_lived(loop):
-            return await self._io_thread_link()
-        fut = self._connecting.get(loop)
-        if fut is not None:
-            return await asyncio.shield(fut)
-        fut = self._connecting[loop] = loop.create_future()
-        try:
-            link = await self._open_link(loop, f"loop-{id(loop):x}")
-            if loop not in self._watchers:
-                await self._watch(loop)
-        except BaseException as exc:
-            if isinstance(exc, asyncio.CancelledError):
-                fut.cancel()
-            else:
-                fut.set_exception(exc)
-                fut.exception()
-            raise
-        else:
-            fut.set_result(link)
-            return link
-        finally:
-            self._connecting.pop(loop, None)
+        """The link to use from the running loop (see :class:`Links`)."""
+        return await self.links.link()
 
-    async def _open_link(self, loop: asyncio.AbstractEventLoop, label: str) -> Link:
-        link = Link(
-            self.config,
-            loop,
-            queue=self.client_id,
-            label=f"{self.client_id}/{label}",
-            on_message=self._on_message,
-            stats=self.stats,
-            stream=next(self._streams),
-        )
-        await link.connect()
-        self.max_payload = link.max_payload
-        self._links[loop] = link
-        return link
+    async def home(self) -> Link:
+        """The link holding the process's subscriptions, established if needed."""
+        return await self.links.get_home()
 
-    async def _io_thread_link(self) -> Link:
-        cf = self._io_link
-        if cf is not None and cf.done() and not cf.exception():
-            link = cf.result()
-            if link.usable:
-                # No wrap_future here: for a finished concurrent future it
-                # still costs a self-pipe write and a loop iteration, on
-                # every async_to_sync call.
-                return link
-        with self._lock:
-            if self.closed:
-                raise NatsLayerError("the transport is closed")
-            if self._io is None or not self._io.alive:
-                self._io = IOThread(f"channels_nats-{self.client_id}")
-                self._io_link = None
-            cf = self._io_link
-            if cf is None or (
-                cf.done() and (cf.exception() is not None or not cf.result().usable)
-            ):
-                io = self._io
-                cf = self._io_link = io.submit(self._open_link(io.loop, "io-thread"))
-        return await asyncio.wrap_future(cf)
+    def current_home(self) -> Link | None:
+        return self.links.current_home()
 
-    async def _watch(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Get told, while ``loop`` still runs, that it is shutting down.
-
-        ``asyncio.run()``, ``asyncio.Runner`` and asgiref close the async
-        generators of a loop before closing it; this one's ``finally`` then
-        moves the subscriptions away and closes the loop's link.
-        """
-
-        async def watcher() -> AsyncIterator[None]:
-            try:
-                yield
-            finally:
-                await self._loop_ending(loop)
-
-        agen = watcher()
-        await agen.__anext__()
-        self._watchers[loop] = agen
-
-    async def _loop_ending(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._watchers.pop(loop, None)
-        link = self._links.pop(loop, None)
-        if link is None or self.closed:
-            return
-        was_watching = self.normal.forget_link(link)
-        if self._home is link:
-            try:
-                await self._move_home(await self._io_thread_link(), leaving=link)
-                if was_watching:
-                    await self.normal.watch()
-            except Exception:
-                logger.warning(
-                    "channels_nats: could not move subscriptions off a closing "
-                    "event loop; messages to this process may be lost until the "
-                    "next call",
-                    exc_info=True,
-                )
-        await link.close()
-
-    # -- home ------------------------------------------------------------------
+    @property
+    def max_payload(self) -> int:
+        return self.links.max_payload
 
     def _wanted_subjects(self) -> list[str]:
         subjects = [
@@ -247,52 +132,6 @@ class Transport:
         ]
         subjects.extend(self.subjects.group(g) for g in self.groups.names())
         return subjects
-
-    async def home(self) -> Link:
-        """Return the link holding the subscriptions, establishing it if needed."""
-        home = self._home
-        if home is not None and home.usable:
-            return home
-        await self._move_home(await self.link())
-        home = self._home
-        assert home is not None
-        return home
-
-    async def _move_home(self, new: Link, leaving: Link | None = None) -> None:
-        with self._lock:
-            moving = self._moving
-            if moving is None:
-                mine = self._moving = concurrent.futures.Future()
-        if moving is not None:
-            await asyncio.wrap_future(moving)
-            if self._home is not None and self._home.usable:
-                return
-            return await self._move_home(new, leaving)
-        try:
-            old = self._home
-            if old is not new:
-                wanted = self._wanted_subjects()
-                await new.run(new.ensure_subscribed, wanted)
-                self._home = new
-                extra = set(self._wanted_subjects()) - set(wanted)
-                if extra:
-                    await new.run(new.ensure_subscribed, extra)
-                self._start_sweeper(new)
-                if old is not None and old is not leaving and old.usable:
-                    with contextlib.suppress(Exception):
-                        await old.run(old.unsubscribe_all)
-                logger.debug(
-                    "channels_nats: subscriptions of %s now on %s",
-                    self.client_id,
-                    new.label,
-                )
-            mine.set_result(None)
-        except BaseException as exc:
-            mine.set_exception(exc)
-            raise
-        finally:
-            with self._lock:
-                self._moving = None
 
     def _start_sweeper(self, home: Link) -> None:
         if self._sweeper is not None:
@@ -319,7 +158,7 @@ class Transport:
                 # Two generations: state idle for one to two intervals goes.
                 sequences_swept = now
                 self.gaps.sweep()
-                for link in list(self._links.values()):
+                for link in list(self.links.by_loop.values()):
                     link.sequencer.sweep()
             for group in self.groups.sweep():
                 await home.unsubscribe(self.subjects.group(group))
@@ -462,8 +301,8 @@ class Transport:
             self.credits.consumed(origin, channel, n)
 
     def _send_credit(self, origin: str, channel: str, n: int) -> None:
-        home = self._home
-        if home is None or not home.usable:
+        home = self.links.current_home()
+        if home is None:
             return
         subject = self.subjects.control(origin)
         frame = pack_control(CREDIT, self.client_id, channel, n)
@@ -485,7 +324,7 @@ class Transport:
         meanwhile. Publishing here and yielding once lets nats-py's flusher
         write it at once.
         """
-        link = self._links.get(asyncio.get_running_loop())
+        link = self.links.by_loop.get(asyncio.get_running_loop())
         if link is None or not link.usable:
             self._send_credit(origin, channel, n)
             return
@@ -497,8 +336,8 @@ class Transport:
         await asyncio.sleep(0)
 
     def _schedule_credit_flush(self) -> None:
-        home = self._home
-        if home is None or not home.usable:
+        home = self.links.current_home()
+        if home is None:
             self.credits.flush()
             return
         try:
@@ -509,10 +348,6 @@ class Transport:
             self.credits.flush()
 
     # -- operations ----------------------------------------------------------------
-
-    def current_home(self) -> Link | None:
-        home = self._home
-        return home if home is not None and home.usable else None
 
     def check_size(self, body: bytes, target: str) -> None:
         """Raise :class:`MessageTooLarge` if a frame of ``body`` cannot be sent."""
@@ -539,11 +374,11 @@ class Transport:
                 raise ChannelFull(channel)
             return
         loop = asyncio.get_running_loop()
-        link = self._links.get(loop)
+        link = self.links.by_loop.get(loop)
         if link is None or not link.usable:
-            link = await self.link()
+            link = await self.links.link()
         self.check_size(body, channel)
-        home = self._home
+        home = self.links.home
         if home is not link and (home is None or not home.usable):
             # Credits for this send come back on our control subject.
             await self.home()
@@ -597,9 +432,9 @@ class Transport:
             # group messages meant for it.
             await self.normal.watch()
         else:
-            home = self._home
+            home = self.links.home
             if home is None or home.loop is not asyncio.get_running_loop():
-                await self._ensure_receiving()
+                await self.links.follow_receiver()
         while True:
             if normal:
                 entry = await self.normal.receive(channel)
@@ -618,21 +453,6 @@ class Transport:
                     channel,
                     exc,
                 )
-
-    async def _ensure_receiving(self) -> None:
-        home = self._home
-        loop = asyncio.get_running_loop()
-        if home is not None and home.usable:
-            if home.loop is loop or _is_short_lived(loop):
-                return
-            io = self._io
-            if io is None or home.loop is not io.loop:
-                return  # another long-lived loop holds them: leave them there
-            # Subscriptions sit on the I/O thread; bring them to this loop so
-            # deliveries to it skip the thread hop.
-            await self._move_home(await self.link())
-            return
-        await self.home()
 
     async def new_channel(self, prefix: str) -> str:
         await self.home()
@@ -677,14 +497,14 @@ class Transport:
             home = await self.home()
             if subject not in home.confirmed:
                 await home.run(home.ensure_subscribed, [subject])
-            if self._home is home:
+            if self.links.home is home:
                 return
 
     def _discard_local(self, group: str, channel: str) -> None:
         if not self.groups.discard(group, channel):
             return
-        home = self._home
-        if home is None or not home.usable:
+        home = self.links.current_home()
+        if home is None:
             return
         subject = self.subjects.group(group)
 
@@ -737,9 +557,9 @@ class Transport:
         body = self.serializer.dumps(message)
         now = time.time()
         loop = asyncio.get_running_loop()
-        link = self._links.get(loop)
+        link = self.links.by_loop.get(loop)
         if link is None or not link.usable:
-            link = await self.link()
+            link = await self.links.link()
         self.check_size(body, group)
         subject = self.subjects.group(group)
         if link.loop is loop:
@@ -775,8 +595,8 @@ class Transport:
         self.windows.clear()
         self.credits.clear()
         emptied = self.groups.clear()
-        home = self._home
-        if home is not None and home.usable and emptied:
+        home = self.links.current_home()
+        if home is not None and emptied:
             subjects = [self.subjects.group(g) for g in emptied]
 
             async def unsubscribe() -> None:
@@ -794,21 +614,7 @@ class Transport:
         self.closed = True
         self.inbox.close()
         self.credits.flush()
-        links = list(self._links.values())
-        self._links.clear()
-        self._watchers.clear()
-        self._home = None
-        for link in links:
-            if not link.usable:
-                continue
-            try:
-                await asyncio.wait_for(link.run(link.close), 10.0)
-            except Exception as exc:
-                logger.debug("channels_nats: closing %s: %r", link.label, exc)
-        io = self._io
-        self._io = None
-        if io is not None:
-            await asyncio.get_running_loop().run_in_executor(None, io.stop)
+        await self.links.close()
 
     def snapshot(self) -> dict[str, Any]:
         counters: dict[str, Any] = self.stats.snapshot()
@@ -816,7 +622,7 @@ class Transport:
             client_id=self.client_id,
             buffered=len(self.inbox),
             groups=len(self.groups.names()),
-            connections=sum(1 for link in self._links.values() if not link.closed),
+            connections=self.links.open_count(),
         )
         return counters
 
@@ -824,13 +630,5 @@ class Transport:
 def _close_at_exit(ref: weakref.ref[Transport]) -> None:
     """Flush what plain-thread callers handed to the I/O thread before exit."""
     transport = ref()
-    if transport is None or transport.closed or transport._io is None:
-        return
-    io = transport._io
-    if not io.alive:
-        return
-    link = transport._links.get(io.loop)
-    if link is not None:
-        with contextlib.suppress(Exception):
-            io.submit(link.close()).result(timeout=5.0)
-    io.stop()
+    if transport is not None and not transport.closed:
+        transport.links.close_at_exit()

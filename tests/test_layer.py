@@ -222,7 +222,7 @@ async def test_group_send_is_one_publish_whatever_the_group_size(make_layer):
         for _ in range(5):
             await r.group_add("big", await r.new_channel())
     await sender.group_send("big", {"type": "x"})  # connects
-    nc = sender.transport._links[asyncio.get_running_loop()].nc
+    nc = sender.transport.links.by_loop[asyncio.get_running_loop()].nc
     before = nc.stats["out_msgs"]
     await sender.group_send("big", {"type": "x"})
     assert nc.stats["out_msgs"] - before == 1

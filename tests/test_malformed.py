@@ -52,7 +52,7 @@ async def _receive(layer: NatsChannelLayer, channel: str) -> dict[str, Any]:
     try:
         return await asyncio.wait_for(layer.receive(channel), RECEIVE_TIMEOUT)
     except asyncio.TimeoutError:
-        home = layer.transport._home
+        home = layer.transport.links.home
         nc = home.nc if home is not None else None
         raise AssertionError(
             f"{channel} received nothing within {RECEIVE_TIMEOUT}s; NATS "

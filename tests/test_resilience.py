@@ -357,7 +357,7 @@ async def test_cluster_node_death_fails_over_with_group_membership(
     channel = await d.new_channel()
     await d.group_add("fo", channel)
 
-    home = d.transport._home
+    home = d.transport.links.home
     assert home is not None and home.nc is not None
     ports = [node.port for node in nats_cluster.nodes]
     victim = ports.index(home.nc.connected_url.port)

@@ -95,18 +95,18 @@ def test_200_sync_group_sends_use_one_connection(sync_layers, nats_server):
 def test_subscriptions_follow_a_long_lived_loop_and_come_back(sync_layers):
     owner, sender = sync_layers(), sync_layers()
     channel = async_to_sync(owner.new_channel)()
-    io_loop = owner.transport._home.loop
+    io_loop = owner.transport.links.home.loop
 
     async def long_lived():
         # The first receive on a long-lived loop brings the subscriptions here.
         await sender.send(channel, {"type": "one"})
         first = await asyncio.wait_for(owner.receive(channel), 5)
-        assert owner.transport._home.loop is asyncio.get_running_loop()
+        assert owner.transport.links.home.loop is asyncio.get_running_loop()
         return first
 
     assert asyncio.run(long_lived()) == {"type": "one"}
     # That loop has ended: the subscriptions are back on the I/O thread.
-    assert owner.transport._home.loop is io_loop
+    assert owner.transport.links.home.loop is io_loop
     async_to_sync(sender.send)(channel, {"type": "two"})
     assert async_to_sync(owner.receive)(channel) == {"type": "two"}
     assert owner.stats()["dropped_expired"] == 0
@@ -137,7 +137,7 @@ def test_sync_send_and_receive_across_layers_in_threads(sync_layers):
 def test_close_from_sync_code_stops_the_io_thread(sync_layers):
     layer = sync_layers()
     async_to_sync(layer.new_channel)()
-    io = layer.transport._io
+    io = layer.transport.links._io
     assert io is not None and io.alive
     async_to_sync(layer.close)()
     wait_for(lambda: not io.alive, timeout=5)

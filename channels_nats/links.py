@@ -1,0 +1,305 @@
+"""Which NATS connection each event loop uses, and where the subscriptions live.
+
+Every long-lived event loop gets its own :class:`~channels_nats.connection.Link`,
+so the hot path never crosses a thread. The short-lived loops that
+``async_to_sync`` makes for one call each (recognised through asgiref's own
+registry) share the link of the layer's :class:`~channels_nats.connection.IOThread`
+instead of connecting per call.
+
+The *home* link holds the process's subscriptions (its process subject, its
+control subject, the broadcast subject and one subject per group with local
+members). It is the link of the first long-lived loop that uses the layer,
+or the I/O thread's when only short-lived loops do. When the home loop shuts
+down, the subscriptions move to the I/O thread (the loop tells us through an
+async generator it closes in ``shutdown_asyncgens()``, which ``asyncio.run``,
+``asyncio.Runner`` and asgiref call), and the first ``receive()`` on a
+long-lived loop moves them back, so channels outlive the loops that made
+them. Subscriptions use the client id as queue group, so while both links
+hold them during a move each message reaches exactly one of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import itertools
+import logging
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from asgiref.sync import AsyncToSync
+
+from .config import LayerConfig
+from .connection import IOThread, Link, MessageHandler
+from .exceptions import NatsLayerError
+from .stats import Stats
+
+__all__ = ["Links", "is_short_lived"]
+
+logger = logging.getLogger("channels_nats")
+
+
+def is_short_lived(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether ``loop`` is one that ``async_to_sync`` made for a single call."""
+    return loop in AsyncToSync.loop_thread_executors
+
+
+class Links:
+    """The links of one layer in one process, and its home link."""
+
+    def __init__(
+        self,
+        config: LayerConfig,
+        client_id: str,
+        stats: Stats,
+        on_message: MessageHandler,
+        *,
+        wanted: Callable[[], list[str]],
+        home_moved: Callable[[Link], None],
+        dropped: Callable[[Link], bool],
+        rewatch: Callable[[], Awaitable[None]],
+    ) -> None:
+        self._config = config
+        self._client_id = client_id
+        self._stats = stats
+        self._on_message = on_message
+        # What the home must subscribe to; told when the home moves; told
+        # when a link goes away (True: something that lived on it must be
+        # restarted, which ``rewatch`` does once the home has moved).
+        self._wanted = wanted
+        self._home_moved = home_moved
+        self._dropped = dropped
+        self._rewatch = rewatch
+        self._streams = itertools.count(1)
+        self._lock = threading.Lock()
+        self.by_loop: dict[asyncio.AbstractEventLoop, Link] = {}
+        self._connecting: dict[asyncio.AbstractEventLoop, asyncio.Future[Link]] = {}
+        self._watchers: dict[asyncio.AbstractEventLoop, AsyncIterator[None]] = {}
+        self._io: IOThread | None = None
+        self._io_link: concurrent.futures.Future[Link] | None = None
+        self._moving: concurrent.futures.Future[None] | None = None
+        self.home: Link | None = None
+        self.max_payload = 1024 * 1024
+        self.closed = False
+
+    # -- links -----------------------------------------------------------------
+
+    async def link(self) -> Link:
+        """Return the link to use from the running loop, connecting if needed."""
+        loop = asyncio.get_running_loop()
+        link = self.by_loop.get(loop)
+        if link is not None:
+            if link.usable:
+                return link
+            # nats-py gave this connection up; replace it. (What lived on it
+            # restarts at the next call that needs it.)
+            self.by_loop.pop(loop, None)
+            self._dropped(link)
+            if not link.closed and not loop.is_closed():
+                loop.create_task(link.close())
+        if self.closed:
+            raise NatsLayerError("the transport is closed")
+        if is_short_lived(loop):
+            return await self.io_link()
+        fut = self._connecting.get(loop)
+        if fut is not None:
+            return await asyncio.shield(fut)
+        fut = self._connecting[loop] = loop.create_future()
+        try:
+            link = await self._open(loop, f"loop-{id(loop):x}")
+            if loop not in self._watchers:
+                await self._watch(loop)
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                fut.cancel()
+            else:
+                fut.set_exception(exc)
+                fut.exception()
+            raise
+        else:
+            fut.set_result(link)
+            return link
+        finally:
+            self._connecting.pop(loop, None)
+
+    async def _open(self, loop: asyncio.AbstractEventLoop, label: str) -> Link:
+        link = Link(
+            self._config,
+            loop,
+            queue=self._client_id,
+            label=f"{self._client_id}/{label}",
+            on_message=self._on_message,
+            stats=self._stats,
+            stream=next(self._streams),
+        )
+        await link.connect()
+        self.max_payload = link.max_payload
+        self.by_loop[loop] = link
+        return link
+
+    async def io_link(self) -> Link:
+        """Return the I/O thread's link, starting the thread if needed."""
+        cf = self._io_link
+        if cf is not None and cf.done() and not cf.exception():
+            link = cf.result()
+            if link.usable:
+                # No wrap_future here: for a finished concurrent future it
+                # still costs a self-pipe write and a loop iteration, on
+                # every async_to_sync call.
+                return link
+        with self._lock:
+            if self.closed:
+                raise NatsLayerError("the transport is closed")
+            if self._io is None or not self._io.alive:
+                self._io = IOThread(f"channels_nats-{self._client_id}")
+                self._io_link = None
+            cf = self._io_link
+            if cf is None or (
+                cf.done() and (cf.exception() is not None or not cf.result().usable)
+            ):
+                io = self._io
+                cf = self._io_link = io.submit(self._open(io.loop, "io-thread"))
+        return await asyncio.wrap_future(cf)
+
+    @property
+    def io_loop(self) -> asyncio.AbstractEventLoop | None:
+        io = self._io
+        return io.loop if io is not None else None
+
+    async def _watch(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Get told, while ``loop`` still runs, that it is shutting down."""
+
+        async def watcher() -> AsyncIterator[None]:
+            try:
+                yield
+            finally:
+                await self._loop_ending(loop)
+
+        agen = watcher()
+        await agen.__anext__()
+        self._watchers[loop] = agen
+
+    async def _loop_ending(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._watchers.pop(loop, None)
+        link = self.by_loop.pop(loop, None)
+        if link is None or self.closed:
+            return
+        restart = self._dropped(link)
+        if self.home is link:
+            try:
+                await self.move_home(await self.io_link(), leaving=link)
+                if restart:
+                    await self._rewatch()
+            except Exception:
+                logger.warning(
+                    "channels_nats: could not move subscriptions off a closing "
+                    "event loop; messages to this process may be lost until the "
+                    "next call",
+                    exc_info=True,
+                )
+        await link.close()
+
+    # -- home ------------------------------------------------------------------
+
+    def current_home(self) -> Link | None:
+        home = self.home
+        return home if home is not None and home.usable else None
+
+    async def get_home(self) -> Link:
+        """Return the link holding the subscriptions, establishing it if needed."""
+        home = self.home
+        if home is not None and home.usable:
+            return home
+        await self.move_home(await self.link())
+        home = self.home
+        assert home is not None
+        return home
+
+    async def move_home(self, new: Link, leaving: Link | None = None) -> None:
+        """Subscribe ``new`` to everything the home holds, then make it the home."""
+        with self._lock:
+            moving = self._moving
+            if moving is None:
+                mine = self._moving = concurrent.futures.Future()
+        if moving is not None:
+            await asyncio.wrap_future(moving)
+            if self.home is not None and self.home.usable:
+                return
+            return await self.move_home(new, leaving)
+        try:
+            old = self.home
+            if old is not new:
+                wanted = self._wanted()
+                await new.run(new.ensure_subscribed, wanted)
+                self.home = new
+                extra = set(self._wanted()) - set(wanted)
+                if extra:
+                    await new.run(new.ensure_subscribed, extra)
+                self._home_moved(new)
+                if old is not None and old is not leaving and old.usable:
+                    with contextlib.suppress(Exception):
+                        await old.run(old.unsubscribe_all)
+                logger.debug(
+                    "channels_nats: subscriptions of %s now on %s",
+                    self._client_id,
+                    new.label,
+                )
+            mine.set_result(None)
+        except BaseException as exc:
+            mine.set_exception(exc)
+            raise
+        finally:
+            with self._lock:
+                self._moving = None
+
+    async def follow_receiver(self) -> None:
+        """Bring the subscriptions to the running loop if they sit on the I/O thread.
+
+        Called by ``receive()``: deliveries to a long-lived loop then skip the
+        thread hop. Subscriptions held by another long-lived loop stay there.
+        """
+        home = self.home
+        loop = asyncio.get_running_loop()
+        if home is not None and home.usable:
+            if home.loop is loop or is_short_lived(loop):
+                return
+            if home.loop is not self.io_loop:
+                return
+            await self.move_home(await self.link())
+            return
+        await self.get_home()
+
+    # -- shutdown ----------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Close every link (each on its own loop) and stop the I/O thread."""
+        self.closed = True
+        links = list(self.by_loop.values())
+        self.by_loop.clear()
+        self._watchers.clear()
+        self.home = None
+        for link in links:
+            if not link.usable:
+                continue
+            try:
+                await asyncio.wait_for(link.run(link.close), 10.0)
+            except Exception as exc:
+                logger.debug("channels_nats: closing %s: %r", link.label, exc)
+        io, self._io = self._io, None
+        if io is not None:
+            await asyncio.get_running_loop().run_in_executor(None, io.stop)
+
+    def close_at_exit(self) -> None:
+        """Flush what plain-thread callers handed to the I/O thread (atexit)."""
+        io = self._io
+        if self.closed or io is None or not io.alive:
+            return
+        link = self.by_loop.get(io.loop)
+        if link is not None:
+            with contextlib.suppress(Exception):
+                io.submit(link.close()).result(timeout=5.0)
+        io.stop()
+
+    def open_count(self) -> int:
+        return sum(1 for link in self.by_loop.values() if not link.closed)
