@@ -395,18 +395,39 @@ class Link:
         self.confirmed.update(s for s in todo if s in self._subs)
 
     async def unsubscribe(self, subject: str) -> None:
-        sub = self._subs.pop(subject, None)
-        self.confirmed.discard(subject)
+        await self.unsubscribe_many([subject])
+
+    async def unsubscribe_all(self) -> None:
+        await self.unsubscribe_many(list(self._subs))
+
+    async def unsubscribe_many(self, subjects: Iterable[str]) -> None:
+        """Unsubscribe, delivering what the server sent before it processed it.
+
+        The server may have routed messages to these subscriptions before it
+        reads the UNSUB; they arrive afterwards, and nats-py skips messages of
+        a subscription it has forgotten. Our handlers stay registered until a
+        flush round trip proves the server has processed the UNSUBs (TCP keeps
+        the order), so those messages are delivered, not lost. This matters
+        when the subscriptions move to another connection.
+        """
         nc = self.nc
-        if sub is not None and nc is not None:
-            nc.direct.pop(sub._id, None)
+        gone = []
+        for subject in subjects:
+            sub = self._subs.pop(subject, None)
+            self.confirmed.discard(subject)
+            if sub is None or nc is None:
+                continue
+            gone.append(sub._id)
             if not nc.is_closed:
                 with contextlib.suppress(nats.errors.Error):
                     await sub.unsubscribe()
-
-    async def unsubscribe_all(self) -> None:
-        for subject in list(self._subs):
-            await self.unsubscribe(subject)
+        if not gone or nc is None:
+            return
+        if not nc.is_closed:
+            with contextlib.suppress(NatsLayerError):
+                await self.barrier()
+        for sid in gone:
+            nc.direct.pop(sid, None)
 
     def _dispatch(self, subject: str, data: bytes, reply: str) -> None:
         self._on_message(subject, data, reply, self)

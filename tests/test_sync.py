@@ -141,3 +141,30 @@ def test_close_from_sync_code_stops_the_io_thread(sync_layers):
     assert io is not None and io.alive
     async_to_sync(layer.close)()
     wait_for(lambda: not io.alive, timeout=5)
+
+
+def test_no_message_is_lost_while_subscriptions_move(sync_layers):
+    owner = sync_layers(capacity=10_000)
+    sender = sync_layers(capacity=10_000)
+    channel = async_to_sync(owner.new_channel)()  # held by the I/O thread
+    n = 3000
+
+    async def stream_while_moving() -> list[int]:
+        async def blast() -> None:
+            for i in range(n):
+                await sender.send(channel, {"type": "m", "i": i})
+                if i % 20 == 0:
+                    await asyncio.sleep(0)
+
+        producer = asyncio.create_task(blast())
+        await asyncio.sleep(0)
+        # The first receive on this long-lived loop moves the subscriptions
+        # here while the sender streams: none of its messages may be lost.
+        got = [
+            (await asyncio.wait_for(owner.receive(channel), 10))["i"] for _ in range(n)
+        ]
+        await producer
+        return got
+
+    got = asyncio.run(stream_while_moving())
+    assert sorted(got) == list(range(n))
