@@ -266,11 +266,7 @@ class Link:
         Call it on this link's loop: nats-py appends to its buffer before it
         can yield, so numbers go out in the order they were given.
         """
-        nc = self.nc
-        if nc is None or nc.is_closed:
-            raise ConnectionUnavailable(
-                f"the NATS connection of {self.label} is closed"
-            )
+        nc = self._require_nc()
         seq = self.sequencer.next(target)
         frame = pack_data(kind, origin, target, sent_at, body, seq, self.stream)
         try:

@@ -42,6 +42,15 @@ class _Buffer:
         self.waiters: deque[asyncio.Future[None]] = deque()
 
 
+def _next_waiter(buf: _Buffer) -> asyncio.Future[None] | None:
+    """Pop the first waiter still waiting (lock held)."""
+    while buf.waiters:
+        fut = buf.waiters.popleft()
+        if not fut.done():
+            return fut
+    return None
+
+
 class Inbox:
     """Buffers of this process's channels, usable from any thread and loop."""
 
@@ -101,32 +110,31 @@ class Inbox:
         self._report_expired(channel, expired)
         return full
 
+    def _append(
+        self, channel: str, entry: Entry, enforce_capacity: bool, now: float
+    ) -> tuple[bool, asyncio.Future[None] | None, list[Entry]]:
+        """Buffer ``entry`` (lock held): (accepted, waiter to wake, expired)."""
+        buf = self._buffers.get(channel)
+        if buf is None:
+            buf = self._buffers[channel] = _Buffer()
+        expired = self._purge_expired(channel, buf, now) if buf.items else []
+        if enforce_capacity and len(buf.items) >= self._capacity_of(channel):
+            return False, None, expired
+        buf.items.append(entry)
+        return True, _next_waiter(buf), expired
+
     def put(self, channel: str, entry: Entry, *, enforce_capacity: bool) -> bool:
         """Buffer ``entry`` and wake one waiter; return False if it was dropped.
 
         ``enforce_capacity`` is False for messages that arrive on credit
         granted to their sender: those fit in the window the sender was given.
         """
-        waiter = None
         with self._lock:
             if self._closed is not None:
                 return False
-            buf = self._buffers.get(channel)
-            if buf is None:
-                buf = self._buffers[channel] = _Buffer()
-            expired = (
-                self._purge_expired(channel, buf, time.time()) if buf.items else []
+            accepted, waiter, expired = self._append(
+                channel, entry, enforce_capacity, time.time()
             )
-            if enforce_capacity and len(buf.items) >= self._capacity_of(channel):
-                accepted = False
-            else:
-                buf.items.append(entry)
-                accepted = True
-                while buf.waiters:
-                    fut = buf.waiters.popleft()
-                    if not fut.done():
-                        waiter = fut
-                        break
         self._report_expired(channel, expired)
         if waiter is not None:
             wake(waiter)
@@ -140,29 +148,20 @@ class Inbox:
         """
         waiters: list[asyncio.Future[None]] = []
         full: list[str] = []
-        expired_reports = []
+        reports: list[tuple[str, list[Entry]]] = []
         now = time.time()
         with self._lock:
             if self._closed is not None:
                 return []
             for channel in channels:
-                buf = self._buffers.get(channel)
-                if buf is None:
-                    buf = self._buffers[channel] = _Buffer()
-                elif buf.items:
-                    expired = self._purge_expired(channel, buf, now)
-                    if expired:
-                        expired_reports.append((channel, expired))
-                if len(buf.items) >= self._capacity_of(channel):
+                accepted, waiter, expired = self._append(channel, entry, True, now)
+                if not accepted:
                     full.append(channel)
-                    continue
-                buf.items.append(entry)
-                while buf.waiters:
-                    fut = buf.waiters.popleft()
-                    if not fut.done():
-                        waiters.append(fut)
-                        break
-        for channel, expired in expired_reports:
+                if waiter is not None:
+                    waiters.append(waiter)
+                if expired:
+                    reports.append((channel, expired))
+        for channel, expired in reports:
             self._report_expired(channel, expired)
         for fut in waiters:
             wake(fut)
@@ -204,11 +203,7 @@ class Inbox:
                 buf.waiters.remove(fut)
             except ValueError:
                 if buf.items:
-                    while buf.waiters:
-                        candidate = buf.waiters.popleft()
-                        if not candidate.done():
-                            successor = candidate
-                            break
+                    successor = _next_waiter(buf)
         if successor is not None:
             wake(successor)
 

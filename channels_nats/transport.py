@@ -81,14 +81,16 @@ class Transport:
         self.capacity_of = capacity_of
         self.gaps = GapDetector()
         self._sequence_sweep_every = max(2 * config.expiry, 240.0)
-        self.inbox = Inbox(config.expiry, capacity_of, self.stats, self._consumed)
-        self.groups = GroupRegistry(config.group_expiry)
-        self.windows = CreditWindows(capacity_of, config.expiry)
         self.credits = CreditBatcher(
             lambda ch: max(1, capacity_of(ch) // 4),
             self._send_credit,
             self._schedule_credit_flush,
         )
+        self.inbox = Inbox(
+            config.expiry, capacity_of, self.stats, self.credits.consumed
+        )
+        self.groups = GroupRegistry(config.group_expiry)
+        self.windows = CreditWindows(capacity_of, config.expiry)
         self._process_subject = self.subjects.process(self.client_id)
         self._dot_client_id = "." + self.client_id
         self._routes: dict[str, str] = {}
@@ -295,10 +297,6 @@ class Transport:
             await link.publish(reply, answer)
 
     # -- credits -----------------------------------------------------------------
-
-    def _consumed(self, origin: str, channel: str, n: int) -> None:
-        if origin:
-            self.credits.consumed(origin, channel, n)
 
     def _send_credit(self, origin: str, channel: str, n: int) -> None:
         home = self.links.current_home()
