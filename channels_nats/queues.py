@@ -59,6 +59,7 @@ ERR_STREAM_NOT_FOUND = 10059
 FETCH_WAIT = 5.0
 CONSUMER_INACTIVE = 3600.0
 SETUP_DEADLINE = 15.0
+REBIND_DELAY = 0.1
 
 _TRANSIENT = (
     nats.js.errors.NoStreamResponseError,
@@ -140,12 +141,20 @@ class _Puller:
     """
 
     def __init__(
-        self, owner: NormalChannels, link: Link, psub: Any, channel: str
+        self,
+        owner: NormalChannels,
+        link: Link,
+        psub: Any,
+        channel: str,
+        stream: str,
+        subject: str,
     ) -> None:
         self.owner = owner
         self.link = link
         self.psub = psub
         self.channel = channel
+        self.stream = stream
+        self.subject = subject
         self.broken = False
         self._demand = 0
         self._lock = threading.Lock()
@@ -187,12 +196,13 @@ class _Puller:
                     msgs = await self.psub.fetch(1, timeout=FETCH_WAIT)
                 except nats.errors.TimeoutError:
                     continue
-                except (nats.js.errors.NotFoundError, nats.js.errors.APIError) as exc:
-                    # The consumer was deleted (inactivity, or the server
-                    # lost it): the next receive makes a new one.
-                    logger.debug("channels_nats: consumer lost: %r", exc)
-                    self.broken = True
-                    return
+                except (nats.js.errors.Error, nats.errors.NoRespondersError) as exc:
+                    # The consumer was deleted (inactivity), or its leader
+                    # changed (a node of the cluster died): bind again while
+                    # receivers wait, instead of leaving them waiting.
+                    logger.debug("channels_nats: pull on %s: %r", self.channel, exc)
+                    await asyncio.sleep(REBIND_DELAY)
+                    await self._rebind()
                 for msg in msgs:
                     self.owner.accept(self.channel, _Fetched(msg, self.link))
         finally:
@@ -201,6 +211,19 @@ class _Puller:
             self.release()
             if not self.broken:
                 self.want(0)  # restarts the fetcher if demand arrived meanwhile
+
+    async def _rebind(self) -> None:
+        old = self.psub
+        with contextlib.suppress(Exception):
+            await old.unsubscribe()
+        try:
+            self.psub = await self.owner.bind(
+                self.link, self.stream, self.subject, self.channel
+            )
+        except Exception as exc:
+            # Still no consumer (e.g. no stream leader yet): the next
+            # iteration tries again.
+            logger.debug("channels_nats: rebinding %s: %r", self.channel, exc)
 
     def release(self) -> None:
         """Nak the messages fetched here that no receiver took."""
@@ -319,6 +342,11 @@ class NormalChannels:
     async def _subscribe(
         self, link: Link, stream: str, subject: str, channel: str
     ) -> _Puller:
+        psub = await self.bind(link, stream, subject, channel)
+        return _Puller(self, link, psub, channel, stream, subject)
+
+    async def bind(self, link: Link, stream: str, subject: str, channel: str) -> Any:
+        """Create (or update) the channel's durable consumer; bind to it."""
         js = self._js(link)
         consumer = _consumer_name(channel)
         config = api.ConsumerConfig(
@@ -341,8 +369,7 @@ class NormalChannels:
                 await js.add_consumer(stream, config)
             return await js.pull_subscribe_bind(durable=consumer, stream=stream)
 
-        psub = await _retry(create, f"creating the consumer of {channel}")
-        return _Puller(self, link, psub, channel)
+        return await _retry(create, f"creating the consumer of {channel}")
 
     # -- send and receive --------------------------------------------------------
 
