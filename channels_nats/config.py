@@ -39,6 +39,7 @@ DEFAULTS: dict[str, Any] = {
     "jetstream_storage": "file",
     "jetstream_replicas": 1,
     "redelivery_timeout": 30.0,
+    "presence": None,  # validated by channels_nats.presence.settings
     # Options handed to nats-py's connect() unchanged.
     "name": None,
     "user": None,

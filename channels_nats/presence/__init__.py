@@ -1,0 +1,1 @@
+"""Presence over NATS: who is connected to which room, cluster-wide."""
