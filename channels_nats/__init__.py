@@ -9,7 +9,9 @@ from .exceptions import (
     LayerClosed,
     MessageTooLarge,
     NatsLayerError,
+    NoResponders,
     NormalChannelsUnavailable,
+    RequestTimeout,
 )
 from .layer import NatsChannelLayer
 
@@ -23,6 +25,8 @@ __all__ = [
     "MessageTooLarge",
     "NatsChannelLayer",
     "NatsLayerError",
+    "NoResponders",
     "NormalChannelsUnavailable",
+    "RequestTimeout",
     "__version__",
 ]

@@ -17,7 +17,7 @@ import logging
 import math
 import threading
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 import nats
@@ -37,6 +37,8 @@ logger = logging.getLogger("channels_nats")
 
 T = TypeVar("T")
 MessageHandler = Callable[[str, bytes, str, "Link"], None]
+#: A handler of one subscription: (subject, data, reply), called from the read loop.
+SubjectHandler = Callable[[str, bytes, str], None]
 
 
 class _GuardedClient(Client):
@@ -90,6 +92,8 @@ class Link:
         on_message: MessageHandler,
         stats: Stats,
         stream: int = 0,
+        handlers: Mapping[str, SubjectHandler] | None = None,
+        on_reconnected: Callable[[Link], None] | None = None,
     ) -> None:
         self.loop = loop
         #: Number of this connection among the process's, carried in its frames.
@@ -99,12 +103,16 @@ class Link:
         self._config = config
         self._queue = queue
         self._on_message = on_message
+        # Subjects with a handler of their own (the hub's extension
+        # subscriptions); every other subject goes to on_message.
+        self._handlers: Mapping[str, SubjectHandler] = handlers or {}
+        self._on_reconnected = on_reconnected
         self._stats = stats
         self.nc: _GuardedClient | None = None
         self._subs: dict[str, Subscription] = {}
         self.confirmed: set[str] = set()
         self._barrier: asyncio.Future[None] | None = None
-        self._outbox: deque[tuple[str, bytes]] = deque()
+        self._outbox: deque[tuple[str, bytes, str]] = deque()
         self._outbox_lock = threading.Lock()
         self._outbox_scheduled = False
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -182,9 +190,9 @@ class Link:
         with self._outbox_lock:
             queued = list(self._outbox)
             self._outbox.clear()
-        for subject, payload in queued:
+        for subject, payload, reply in queued:
             with contextlib.suppress(NatsLayerError):
-                await self.publish(subject, payload)
+                await self.publish(subject, payload, reply)
         self.closed = True
         tasks = list(self._tasks)
         for task in tasks:
@@ -245,10 +253,10 @@ class Link:
             )
         return nc
 
-    async def publish(self, subject: str, payload: bytes) -> None:
+    async def publish(self, subject: str, payload: bytes, reply: str = "") -> None:
         nc = self._require_nc()
         try:
-            await nc.publish(subject, payload)
+            await nc.publish(subject, payload, reply)
         except nats.errors.Error as exc:
             raise NatsLayerError(f"publish to {subject} failed: {exc!r}") from exc
 
@@ -290,18 +298,18 @@ class Link:
             # Number and queue under one lock: queue order is wire order.
             seq = self.sequencer.next(target)
             frame = pack_data(kind, origin, target, sent_at, body, seq, self.stream)
-            self._enqueue(subject, frame)
+            self._enqueue(subject, frame, "")
         return seq
 
-    def publish_threadsafe(self, subject: str, payload: bytes) -> None:
+    def publish_threadsafe(self, subject: str, payload: bytes, reply: str = "") -> None:
         """Queue a publish from any thread; it goes out in order, unawaited."""
         self._require_nc()
         with self._outbox_lock:
-            self._enqueue(subject, payload)
+            self._enqueue(subject, payload, reply)
 
-    def _enqueue(self, subject: str, payload: bytes) -> None:
+    def _enqueue(self, subject: str, payload: bytes, reply: str) -> None:
         # Called with _outbox_lock held.
-        self._outbox.append((subject, payload))
+        self._outbox.append((subject, payload, reply))
         if self._outbox_scheduled:
             return
         self._outbox_scheduled = True
@@ -325,9 +333,9 @@ class Link:
                     return
                 batch = list(self._outbox)
                 self._outbox.clear()
-            for subject, payload in batch:
+            for subject, payload, reply in batch:
                 try:
-                    await self.publish(subject, payload)
+                    await self.publish(subject, payload, reply)
                 except NatsLayerError as exc:
                     self._stats.drop(
                         "dropped_publish_failed",
@@ -374,6 +382,39 @@ class Link:
         msg = await nc.request(subject, payload, timeout=timeout)
         return bytes(msg.data)
 
+    async def gather(
+        self, subject: str, payload: bytes, timeout: float, expected: int | None
+    ) -> list[bytes]:
+        """Publish with a fresh reply subject; collect replies until ``timeout``.
+
+        Returns early with ``expected`` replies. Empty payloads (a "no
+        responders" status arrives as one) are not replies.
+        """
+        nc = self._require_nc()
+        inbox = nc.new_inbox()
+        replies: list[bytes] = []
+        enough = self.loop.create_future()
+
+        def on_reply(_subject: str, data: bytes, _reply: str) -> None:
+            if not data:
+                return
+            replies.append(data)
+            full = expected is not None and len(replies) >= expected
+            if full and not enough.done():
+                enough.set_result(None)
+
+        sub = await nc.subscribe(inbox)
+        nc.direct[sub._id] = on_reply
+        try:
+            await nc.publish(subject, payload, inbox)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(enough, timeout)
+        finally:
+            nc.direct.pop(sub._id, None)
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
+        return list(replies)
+
     # -- subscriptions -------------------------------------------------------
 
     async def ensure_subscribed(self, subjects: Iterable[str]) -> None:
@@ -385,7 +426,7 @@ class Link:
         for subject in todo:
             if subject not in self._subs:
                 sub = await nc.subscribe(subject, queue=self._queue)
-                nc.direct[sub._id] = self._dispatch
+                nc.direct[sub._id] = self._handlers.get(subject, self._dispatch)
                 self._subs[subject] = sub
         await self.barrier()
         self.confirmed.update(s for s in todo if s in self._subs)
@@ -463,6 +504,8 @@ class Link:
         nc = self.nc
         url = nc.connected_url.netloc if nc is not None and nc.connected_url else "?"
         logger.info("channels_nats: %s reconnected to %s", self.label, url)
+        if self._on_reconnected is not None and not self.closed:
+            self._on_reconnected(self)
 
     async def _closed_cb(self) -> None:
         logger.info("channels_nats: %s connection closed", self.label)

@@ -12,6 +12,10 @@ The tree::
           ├── LayerClosed                the layer was closed while receive() waited
           ├── MessageTooLarge            encoded message over the server's
           │                              max_payload (also a ValueError)
+          ├── NoResponders               a request found nobody subscribed to its
+          │                              subject (the server said so at once)
+          ├── RequestTimeout             a request got no reply in time (also a
+          │                              TimeoutError)
           └── NormalChannelsUnavailable  a normal (non-``!``) channel was used
                                          where the layer cannot serve it
 """
@@ -28,7 +32,9 @@ __all__ = [
     "LayerClosed",
     "MessageTooLarge",
     "NatsLayerError",
+    "NoResponders",
     "NormalChannelsUnavailable",
+    "RequestTimeout",
 ]
 
 
@@ -54,3 +60,11 @@ class MessageTooLarge(NatsLayerError, ValueError):
 
 class NormalChannelsUnavailable(NatsLayerError, NotImplementedError):
     """A normal channel (a name without ``!``) was used but cannot be served."""
+
+
+class NoResponders(NatsLayerError):
+    """Nobody is subscribed to a request's subject: the server answered at once."""
+
+
+class RequestTimeout(NatsLayerError, TimeoutError):
+    """A request got no reply within its timeout."""

@@ -12,6 +12,7 @@ from typing import Any
 from channels.layers import BaseChannelLayer
 
 from .config import LayerConfig, parse_config
+from .hub import Hub
 from .transport import Transport
 
 __all__ = ["NatsChannelLayer"]
@@ -79,6 +80,11 @@ class NatsChannelLayer(BaseChannelLayer):  # type: ignore[misc]
                         self.config, self.get_capacity
                     )
         return transport
+
+    @property
+    def hub(self) -> Hub:
+        """The process side's extension surface (see :mod:`channels_nats.hub`)."""
+        return self.transport.hub
 
     @property
     def client_id(self) -> str:

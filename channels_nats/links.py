@@ -26,12 +26,12 @@ import contextlib
 import itertools
 import logging
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 from asgiref.sync import AsyncToSync
 
 from .config import LayerConfig
-from .connection import IOThread, Link, MessageHandler
+from .connection import IOThread, Link, MessageHandler, SubjectHandler
 from .exceptions import NatsLayerError
 from .stats import Stats
 
@@ -59,6 +59,8 @@ class Links:
         home_moved: Callable[[Link], None],
         dropped: Callable[[Link], bool],
         rewatch: Callable[[], Awaitable[None]],
+        handlers: Mapping[str, SubjectHandler] | None = None,
+        reconnected: Callable[[Link], None] | None = None,
     ) -> None:
         self._config = config
         self._client_id = client_id
@@ -71,6 +73,8 @@ class Links:
         self._home_moved = home_moved
         self._dropped = dropped
         self._rewatch = rewatch
+        self._handlers = handlers
+        self._reconnected = reconnected
         self._streams = itertools.count(1)
         self._lock = threading.Lock()
         self.by_loop: dict[asyncio.AbstractEventLoop, Link] = {}
@@ -132,6 +136,8 @@ class Links:
             on_message=self._on_message,
             stats=self._stats,
             stream=next(self._streams),
+            handlers=self._handlers,
+            on_reconnected=self._reconnected,
         )
         await link.connect()
         self.max_payload = link.max_payload

@@ -23,6 +23,7 @@ COUNTERS = (
     "dropped_publish_failed",  # a handed-over publish failed after the call returned
     "lost_in_transit",  # frames another process sent that never arrived (seq gap)
     "malformed_frames",  # frames from the wire that could not be decoded
+    "handler_errors",  # a hub subscription's handler raised (message dropped)
     "refused_channel_full",  # send() raised ChannelFull
     "connections_opened",  # TCP connections to NATS this layer has opened
     "reconnects",

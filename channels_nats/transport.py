@@ -24,14 +24,20 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-import nats.errors
 from channels.layers import BaseChannelLayer
 
 from .config import LayerConfig
 from .connection import Link
-from .exceptions import ChannelFull, MessageTooLarge, NatsLayerError
+from .exceptions import (
+    ChannelFull,
+    MessageTooLarge,
+    NatsLayerError,
+    NoResponders,
+    RequestTimeout,
+)
 from .flow import CreditBatcher, CreditWindows
 from .groups import GroupRegistry
+from .hub import Hub
 from .inbox import Entry, Inbox
 from .links import Links
 from .queues import NormalChannels
@@ -94,19 +100,23 @@ class Transport:
         self._process_subject = self.subjects.process(self.client_id)
         self._dot_client_id = "." + self.client_id
         self._routes: dict[str, str] = {}
-        self._sweeper: tuple[Link, asyncio.Task[None]] | None = None
         self.closed = False
         self.normal = NormalChannels(self)
+        self.hub = Hub(self.client_id, config.prefix, self.stats)
         self.links = Links(
             config,
             self.client_id,
             self.stats,
             self._on_message,
             wanted=self._wanted_subjects,
-            home_moved=self._start_sweeper,
+            home_moved=self.hub.home_moved,
             dropped=self.normal.forget_link,
             rewatch=self.normal.watch,
+            handlers=self.hub.handlers,
+            reconnected=self.hub.link_reconnected,
         )
+        self.hub.attach(self.links)
+        self.hub.run_on_home("sweeper", self._sweep_forever)
         atexit.register(_close_at_exit, weakref.ref(self))
 
     # -- links and home ------------------------------------------------------
@@ -133,23 +143,10 @@ class Transport:
             self.subjects.broadcast,
         ]
         subjects.extend(self.subjects.group(g) for g in self.groups.names())
+        subjects.extend(self.hub.subjects())
         return subjects
 
-    def _start_sweeper(self, home: Link) -> None:
-        if self._sweeper is not None:
-            old_link, old_task = self._sweeper
-            with contextlib.suppress(RuntimeError):
-                old_link.loop.call_soon_threadsafe(old_task.cancel)
-        holder: list[asyncio.Task[None]] = []
-
-        def start() -> None:
-            task = home.spawn(self._sweep_forever(home))
-            holder.append(task)
-            self._sweeper = (home, task)
-
-        home.loop.call_soon_threadsafe(start)
-
-    async def _sweep_forever(self, home: Link) -> None:
+    async def _sweep_forever(self) -> None:
         interval = max(0.5, min(self.config.expiry, 30.0) / 2)
         sequences_swept = time.monotonic()
         while True:
@@ -162,8 +159,10 @@ class Transport:
                 self.gaps.sweep()
                 for link in list(self.links.by_loop.values()):
                     link.sequencer.sweep()
-            for group in self.groups.sweep():
-                await home.unsubscribe(self.subjects.group(group))
+            emptied = self.groups.sweep()
+            home = self.links.current_home()
+            if home is not None and emptied:
+                await home.unsubscribe_many(self.subjects.group(g) for g in emptied)
 
     # -- incoming frames ---------------------------------------------------------
 
@@ -299,20 +298,9 @@ class Transport:
     # -- credits -----------------------------------------------------------------
 
     def _send_credit(self, origin: str, channel: str, n: int) -> None:
-        home = self.links.current_home()
-        if home is None:
-            return
-        subject = self.subjects.control(origin)
         frame = pack_control(CREDIT, self.client_id, channel, n)
-        try:
-            on_home_loop = asyncio.get_running_loop() is home.loop
-        except RuntimeError:
-            on_home_loop = False
         with contextlib.suppress(NatsLayerError):
-            if on_home_loop:
-                home.spawn(home.publish(subject, frame))
-            else:
-                home.publish_threadsafe(subject, frame)
+            self.hub.publish(self.subjects.control(origin), frame)
 
     async def _return_credit(self, origin: str, channel: str, n: int) -> None:
         """Send a due credit frame now, from the receiving loop if it can.
@@ -516,7 +504,6 @@ class Transport:
     async def _remote_membership(
         self, kind: int, owner: str, group: str, channel: str
     ) -> None:
-        link = await self.link()
         payload = pack_control(kind, self.client_id, group, channel)
         subject = self.subjects.control(owner)
         timeout = self.config.request_timeout
@@ -524,9 +511,9 @@ class Transport:
         delay = 0.05
         while True:
             try:
-                answer = await link.run(link.request, subject, payload, timeout)
+                answer = await self.hub.request(subject, payload, timeout)
                 break
-            except nats.errors.NoRespondersError:
+            except NoResponders:
                 # The owner may be reconnecting: its subscriptions come back
                 # within a reconnect interval. Past request_timeout it is gone.
                 if time.monotonic() + delay > deadline:
@@ -540,7 +527,7 @@ class Transport:
                     return
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 0.5)
-            except nats.errors.TimeoutError as exc:
+            except RequestTimeout as exc:
                 raise NatsLayerError(
                     f"The process owning {channel} did not confirm the membership "
                     f"change within request_timeout={timeout}s."
@@ -609,6 +596,7 @@ class Transport:
         """Fail waiting receives, drain and close every link, stop the I/O thread."""
         if self.closed:
             return
+        await self.hub.close()
         self.closed = True
         self.inbox.close()
         self.credits.flush()
