@@ -105,7 +105,10 @@ class Link:
         self._on_message = on_message
         # Subjects with a handler of their own (the hub's extension
         # subscriptions); every other subject goes to on_message.
-        self._handlers: Mapping[str, SubjectHandler] = handlers or {}
+        # The hub's table itself, even while empty: it fills in later.
+        self._handlers: Mapping[str, SubjectHandler] = (
+            {} if handlers is None else handlers
+        )
         self._on_reconnected = on_reconnected
         self._stats = stats
         self.nc: _GuardedClient | None = None
