@@ -19,7 +19,7 @@ def test_all_is_sorted_unique_and_holds_the_contract() -> None:
     names = list(presence.__all__)
     assert names == sorted(names)
     assert len(names) == len(set(names))
-    assert CONTRACT <= set(names)
+    assert set(names) >= CONTRACT
 
 
 def test_star_import_gives_exactly_all() -> None:

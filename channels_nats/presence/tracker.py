@@ -79,7 +79,8 @@ class _Assembly:
 
     def __init__(self, node: str) -> None:
         self.node = node
-        self.future: concurrent.futures.Future[None] = concurrent.futures.Future()
+        #: True once the roster is applied, False if it was malformed.
+        self.future: concurrent.futures.Future[bool] = concurrent.futures.Future()
         self.chunks: dict[int, list[P.Member]] = {}
         self.summary: P.Summary | None = None
         self.total = 0
@@ -727,11 +728,11 @@ class PresenceTracker:
                 changes = self._roster.apply_snapshot(assembly.summary, members, now)  # type: ignore[arg-type]
             except P.MalformedFrame:
                 del self._fetches[chunk.request_id]
-                assembly.future.set_result(None)
+                assembly.future.set_result(False)
                 raise
             del self._fetches[chunk.request_id]
             self._record(changes)
-        assembly.future.set_result(None)
+        assembly.future.set_result(True)
         return changes
 
     # -- sync, fetch, probe ---------------------------------------------------
@@ -798,10 +799,9 @@ class PresenceTracker:
                 self.subjects.node(node),
                 P.encode_roster_request(self.node, request_id),
             )
-            await asyncio.wait_for(
+            ok = await asyncio.wait_for(
                 asyncio.wrap_future(assembly.future), self.settings.fetch_timeout
             )
-            ok = True
         except (asyncio.TimeoutError, ConnectionUnavailable):
             pass
         finally:
