@@ -14,6 +14,7 @@ INSTALLED_APPS = [
     "django.contrib.auth",
     "django.contrib.sessions",
     "django.contrib.messages",
+    "django.contrib.staticfiles",
     "channels",
     "channels_nats",
     "channels_nats.presence",
@@ -28,6 +29,7 @@ MIDDLEWARE = [
 ]
 
 ROOT_URLCONF = "tests.urls"
+STATIC_URL = "/static/"
 
 TEMPLATES = [
     {
