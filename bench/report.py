@@ -51,6 +51,18 @@ METRICS: dict[str, list[tuple[str, str, bool]]] = {
         ("p99_us", "p99 µs", False),
         ("lost", "lost", False),
     ],
+    "presence": [
+        ("join_p50_ms", "join visible p50 ms", False),
+        ("join_p99_ms", "join visible p99 ms", False),
+        ("sigkill_cleanup_s", "SIGKILL cleanup s", False),
+        ("sigstop_cleanup_s", "SIGSTOP cleanup s (ttl 10)", False),
+        ("sync_10k_s", "first sync, 10k members s", False),
+        ("fetch_10k_s", "roster fetch, 10k members s", False),
+        ("heartbeat_bps_empty", "heartbeat B/s, 0 members", False),
+        ("heartbeat_bps_10k", "heartbeat B/s, 10k members", False),
+        ("memory_observer_mib_per_10k", "observer MiB per 10k members", False),
+        ("memory_owner_bytes_per_member", "owner bytes/member", False),
+    ],
 }
 
 TITLES = {
@@ -62,6 +74,7 @@ TITLES = {
     "sync": "sync: async_to_sync(group_send) from a plain thread",
     "churn": "churn: group_add + group_discard, distinct groups",
     "websocket": "websocket: broadcast through daphne to WebSocket clients",
+    "presence": "presence: 3+ processes, default settings (heartbeat 1 s, ttl 10 s)",
 }
 
 
@@ -126,6 +139,17 @@ ABSOLUTE = [
     ("send", "lost", "==", 0, "send: 0 messages lost"),
     ("rooms", "lost", "==", 0, "rooms: 0 lost"),
     ("sync", "x_floor", "<=", 1.3, "sync p50 <= 1.3 x empty async_to_sync"),
+    ("presence", "join_p99_ms", "<=", 50, "presence: join visible p99 < 50 ms"),
+    ("presence", "sigkill_cleanup_s", "<=", 3, "presence: SIGKILL cleanup < 3 s"),
+    ("presence", "sigstop_over_ttl_s", "<=", 1, "presence: frozen node <= TTL + 1 s"),
+    ("presence", "sync_10k_s", "<=", 1, "presence: sync of 10k members < 1 s"),
+    (
+        "presence",
+        "heartbeat_growth_bps",
+        "<=",
+        16,
+        "presence: heartbeat B/s at 10k members - at 0 <= 16 (integer widths only)",
+    ),
 ]
 
 

@@ -326,6 +326,12 @@ async def churn(env: Env, impl: str, p: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+async def presence(env: Env, impl: str, p: dict[str, Any]) -> dict[str, Any]:
+    from bench import presence as pr
+
+    return await pr.run(env.servers, p)
+
+
 async def websocket(env: Env, impl: str, p: dict[str, Any]) -> dict[str, Any]:
     from bench import websocket as ws
 
@@ -341,6 +347,7 @@ SCENARIOS: dict[str, tuple[Scenario, tuple[str, ...]]] = {
     "sync": (sync, ("nats", "redis", "redis-pubsub")),
     "churn": (churn, ("nats", "redis", "redis-pubsub")),
     "websocket": (websocket, ("nats", "redis", "redis-pubsub")),
+    "presence": (presence, ("nats",)),
 }
 
 FULL: dict[str, dict[str, Any]] = {
@@ -366,6 +373,7 @@ FULL: dict[str, dict[str, Any]] = {
     "sync": {"n": 2000},
     "churn": {"n": 2000},
     "websocket": {"clients": 200, "rooms": 20, "messages": 200, "timeout": 60},
+    "presence": {"joins": 300, "members": 10_000, "hb_seconds": 5.0, "ttl": 10.0},
 }
 QUICK: dict[str, dict[str, Any]] = {
     "rtt": {"n": 500, "warmup": 100},
@@ -390,6 +398,7 @@ QUICK: dict[str, dict[str, Any]] = {
     "sync": {"n": 300},
     "churn": {"n": 500},
     "websocket": {"clients": 50, "rooms": 5, "messages": 50, "timeout": 30},
+    "presence": {"joins": 100, "members": 10_000, "hb_seconds": 3.0, "ttl": 10.0},
 }
 
 

@@ -111,6 +111,25 @@ async def handle(layer: Any, cmd: dict[str, Any]) -> Any:
                     f"{cmd['room']} has {count} connections, not {cmd['connections']}"
                 )
             await asyncio.sleep(0.005)
+    if op == "presence_timed_sync":
+        # For the benchmark: the first sync of a fresh process, then one
+        # targeted roster fetch of the largest node.
+        t0 = time.perf_counter()
+        await p.hub.start()
+        connect = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        await p.sync()  # the first call starts the tracker: subscribe + sync
+        sync = time.perf_counter() - t0
+        count = (await p.count(cmd["room"])).connections
+        if count != cmd["connections"]:
+            raise AssertionError(f"{count} connections after sync")
+        with p._lock:
+            node = max(p._roster.nodes.values(), key=lambda v: len(v.members)).node
+            p._roster.fetch_started(node, time.monotonic())
+        t0 = time.perf_counter()
+        ok = await p._fetch(node)
+        fetch = time.perf_counter() - t0
+        return {"connect": connect, "sync": sync, "fetch": fetch, "ok": ok}
     if op == "presence_events":
         out = list(EVENTS)
         if cmd.get("clear"):
