@@ -456,3 +456,74 @@ async def test_snapshot_filters_members(trackers: Make) -> None:
     snap = await b.snapshot(room="bet", node=a.node, limit=0)
     assert snap["members"] == [] and snap["members_total"] == 1 and snap["truncated"]
     assert json.dumps(snap)  # JSON-ready
+
+
+# -- the failure modes Phoenix users reported ----------------------------------
+
+
+async def test_a_leave_lost_in_a_partition_leaves_no_ghost(
+    trackers: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = trackers(), trackers()
+    await a.join("r", "specific.a!1", user="u1")
+    await a.join("r", "specific.a!2", user="u2")
+    await connections(b, "r", 2)
+    publish = a.hub.publish
+
+    def cut_off(subject: str, payload: bytes, reply: str = "") -> None:
+        if not a.subjects.is_room(subject):
+            publish(subject, payload, reply)  # only the room traffic is lost
+
+    monkeypatch.setattr(a.hub, "publish", cut_off)
+    await a.leave("r", "specific.a!1")
+    await a.leave_all("specific.a!2")
+    monkeypatch.setattr(a.hub, "publish", publish)  # healed
+    await connections(b, "r", 0, timeout=4)
+    assert (await b.count("r")).users == 0
+
+
+async def test_a_ghost_of_an_old_incarnation_goes_at_once(
+    trackers: Make, nats_server: NatsServer
+) -> None:
+    a, b = trackers(), trackers()
+    await a.join("r", "specific.a!1", user="u1")
+    await connections(b, "r", 1)
+    # The same node id comes back as a newer incarnation (a restarted tracker).
+    nc = await nats.connect(nats_server.url)
+    try:
+        await nc.publish(
+            a.subjects.nodes, P.encode_heartbeat(a.node, a.incarnation + 1, 0, 0, 0)
+        )
+        await nc.flush()
+    finally:
+        await nc.close()
+    await connections(b, "r", 0, timeout=2)
+    # Frames of the old incarnation cannot bring the member back.
+    await a.join("r", "specific.a!2", user="u2")
+    await a.update("r", "specific.a!1", {"x": 1})
+    await b.sync()  # a answers after its frames above: b has seen them
+    assert (await b.count("r")).connections == 0
+
+
+async def test_many_updates_never_leak_members(trackers: Make) -> None:
+    a, b, c = trackers(), trackers(), trackers()
+    for i in range(20):
+        await a.join("r", f"specific.a!{i}", user="same-user")
+    for round_ in range(10):
+        for i in range(20):
+            await a.update("r", f"specific.a!{i}", {"round": round_})
+    await connections(b, "r", 20)
+
+    async def last_round_everywhere() -> bool:
+        for t in (b, c):
+            metas = (await t.list("r"))["same-user"]["metas"]
+            if len(metas) != 20 or {m["round"] for m in metas} != {9}:
+                return False
+        return True
+
+    await await_until(last_round_everywhere, 5)
+    for t in (b, c):
+        assert await t.count("r") == (20, 1)
+        with t._lock:
+            nv = t._roster.nodes[a.node]
+            assert nv.digest == a._roster.local.digest
