@@ -14,10 +14,10 @@ All are sent with ``sender`` the tracker class and these keyword arguments:
 
 ``member`` is a :class:`~channels_nats.presence.Member`; ``meta`` its
 metadata as a dict. Receivers may be sync or async (async receivers need
-Django 5.0 or later). They run in order, one at a time, after the change is
-in the local roster: async receivers on the tracker's event loop, sync ones
-in a worker thread (``sync_to_async``). A receiver that raises is logged and
-does not stop the others.
+Django 5.0 or later). They run in order, after the change is in the local
+roster, from a worker thread (``sync_to_async``: one thread hop per batch of
+queued changes, not per signal; async receivers run back on the tracker's
+event loop). A receiver that raises is logged and does not stop the others.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import json
 import logging
 from typing import Any
 
-from asgiref.sync import sync_to_async
 from django.dispatch import Signal
 
 from .roster import Change
@@ -84,23 +83,25 @@ def arguments(tracker: Any, change: Change) -> dict[str, Any]:
     return named
 
 
-async def fire(tracker: Any, change: Change) -> None:
-    """Send the signal of ``change``; log what its receivers raise."""
-    signal = _BY_KIND[change.kind]
-    if not signal.has_listeners():
-        return
-    named = arguments(tracker, change)
+def fire(tracker: Any, changes: list[Change]) -> None:
+    """Send the signals of ``changes`` in order; log what receivers raise.
+
+    Called in a worker thread (``sync_to_async``) for a whole batch, so a
+    burst of changes costs one thread hop, not one per signal; Django runs
+    async receivers through ``async_to_sync`` on the caller's loop.
+    """
     sender = type(tracker)
-    asend_robust = getattr(signal, "asend_robust", None)
-    if asend_robust is not None:  # Django >= 5.0
-        results = await asend_robust(sender, **named)
-    else:  # pragma: no cover - Django 4.2: sync receivers only
-        results = await sync_to_async(signal.send_robust)(sender, **named)
-    for receiver, result in results:
-        if isinstance(result, Exception):
-            logger.error(
-                "a receiver of presence %s (%r) raised",
-                change.kind,
-                receiver,
-                exc_info=result,
-            )
+    for change in changes:
+        signal = _BY_KIND[change.kind]
+        if not signal.has_listeners():
+            continue
+        for receiver, result in signal.send_robust(
+            sender, **arguments(tracker, change)
+        ):
+            if isinstance(result, Exception):
+                logger.error(
+                    "a receiver of presence %s (%r) raised",
+                    change.kind,
+                    receiver,
+                    exc_info=result,
+                )

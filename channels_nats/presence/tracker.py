@@ -43,6 +43,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from channels.exceptions import ChannelFull
 
 from ..exceptions import (
@@ -1000,8 +1001,9 @@ class PresenceTracker:
                     if not self._signal_queue:
                         self._pumping = False
                         return
-                    change = self._signal_queue.popleft()
-                await signals.fire(self, change)
+                    batch = list(self._signal_queue)
+                    self._signal_queue.clear()
+                await sync_to_async(signals.fire)(self, batch)
         except BaseException:
             with self._lock:
                 self._pumping = False
