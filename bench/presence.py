@@ -5,8 +5,10 @@ same ones the tests use), so they can be killed and frozen for real. It
 measures, on the harness's nats-server with the default presence settings
 (heartbeat 1 s, ttl 10 s):
 
-* join-to-visible latency in two other processes (signal time minus the
-  member's ``joined_at``; one machine, one clock);
+* join-to-visible latency in two other processes: when a diff listener there
+  (``diff_window`` 0, so it runs right after the change lands) sees the
+  member, minus its ``joined_at`` (one machine, one clock); and the same for
+  a sync ``member_joined`` receiver (a thread hop later);
 * cleanup after SIGKILL and after SIGSTOP of a process holding members (time
   from the signal until an observer's roster no longer has them);
 * the first ``sync()`` of a fresh process while another holds 10,000 members
@@ -149,7 +151,9 @@ async def run(servers: dict[str, Any], p: dict[str, Any]) -> dict[str, Any]:
     prefix = "bp" + uuid.uuid4().hex[:10]
     ttl = p.get("ttl", 10.0)
     out: dict[str, Any] = {"ttl": ttl}
-    joiner, b, c = await asyncio.gather(*(_peer(url, prefix) for _ in range(3)))
+    joiner = await _peer(url, prefix)
+    # Observers publish diffs at once, so a listener sees each join as it lands.
+    b, c = await asyncio.gather(*(_peer(url, prefix, diff_window=0) for _ in "bc"))
     try:
         # Heartbeat traffic of an empty node.
         out["heartbeat_bps_empty"] = await _heartbeat_rate(
@@ -157,25 +161,35 @@ async def run(servers: dict[str, Any], p: dict[str, Any]) -> dict[str, Any]:
         )
         # Join-to-visible latency, one join after the other.
         for peer in (b, c):
+            await peer.call("presence_watch")
             await peer.call("presence_events", clear=True)
         for i in range(p["joins"]):
             await joiner.call(
                 "presence_join", room="lat", session=f"s.j!{i}", user=f"u{i}"
             )
-        latencies: list[float] = []
+        visible: list[float] = []
+        signalled: list[float] = []
         for peer in (b, c):
             await peer.call(
                 "presence_wait", room="lat", connections=p["joins"], timeout=10
             )
+            visible += [
+                w["t"] - w["joined_at"]
+                for w in await peer.call("presence_watched")
+                if w["room"] == "lat"
+            ]
             events = await peer.call("presence_events", clear=True)
-            latencies += [
+            signalled += [
                 e["t"] - e["joined_at"]
                 for e in events
                 if e["signal"] == "member_joined" and e["room"] == "lat"
             ]
-        lat = percentiles(latencies)
+        lat = percentiles(visible)
         out["join_p50_ms"] = lat["p50_us"] / 1000
         out["join_p99_ms"] = lat["p99_us"] / 1000
+        sig = percentiles(signalled)
+        out["signal_p50_ms"] = sig["p50_us"] / 1000
+        out["signal_p99_ms"] = sig["p99_us"] / 1000
 
         # 10,000 members: join, heartbeat traffic, sync of a fresh process.
         n = p["members"]

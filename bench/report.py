@@ -54,6 +54,7 @@ METRICS: dict[str, list[tuple[str, str, bool]]] = {
     "presence": [
         ("join_p50_ms", "join visible p50 ms", False),
         ("join_p99_ms", "join visible p99 ms", False),
+        ("signal_p99_ms", "member_joined signal p99 ms", False),
         ("sigkill_cleanup_s", "SIGKILL cleanup s", False),
         ("sigstop_cleanup_s", "SIGSTOP cleanup s (ttl 10)", False),
         ("sync_10k_s", "first sync, 10k members s", False),

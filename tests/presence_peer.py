@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests import peer as base
 
 EVENTS: list[dict[str, Any]] = []
+WATCHED: list[dict[str, Any]] = []
 
 
 def record_signals() -> None:
@@ -130,6 +131,24 @@ async def handle(layer: Any, cmd: dict[str, Any]) -> Any:
         ok = await p._fetch(node)
         fetch = time.perf_counter() - t0
         return {"connect": connect, "sync": sync, "fetch": fetch, "ok": ok}
+    if op == "presence_watch":
+        # Record when each join becomes visible here (a diff listener runs on
+        # the tracker's loop right after the change; use diff_window=0).
+        def seen(room: str, joins: dict[str, Any], leaves: dict[str, Any]) -> None:
+            now = time.time()
+            for entry in joins.values():
+                for meta in entry["metas"]:
+                    WATCHED.append(
+                        {"t": now, "room": room, "joined_at": meta["joined_at"]}
+                    )
+
+        await p.sync()
+        p.watch(seen)
+        return None
+    if op == "presence_watched":
+        out = list(WATCHED)
+        WATCHED.clear()
+        return out
     if op == "presence_events":
         out = list(EVENTS)
         if cmd.get("clear"):
