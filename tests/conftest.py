@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.demo import demo, demo_dir  # noqa: F401
 from tests.layers import layer, make_layer, other  # noqa: F401
 from tests.servers import (
     NatsCluster,
