@@ -18,7 +18,7 @@
   }
 
   function time(ts) {
-    return new Date(ts * 1000).toLocaleTimeString();
+    return new Date(ts * 1000).toTimeString().slice(0, 8);
   }
 
   function append(className, parts) {
@@ -45,7 +45,7 @@
         ["text", msg.text], ["via", "via " + msg.server]]);
     } else if (msg.type === "notification") {
       append("notification", [["time muted", time(msg.ts) + " "],
-        ["user", "\u{1F514} " + msg.user], ["text", msg.text],
+        ["badge", "notice"], ["user", msg.user], ["text", msg.text],
         ["via", "sync view on " + msg.server]]);
     } else if (msg.type === "hello") {
       append("system", [["text", "Joined as " + msg.user + " on " + msg.server]]);
