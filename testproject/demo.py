@@ -33,6 +33,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -345,6 +346,21 @@ def write_ready_file(
     tmp.replace(path)
 
 
+def notify_command(nats_url: str) -> str:
+    """The shell command that runs ``manage.py notify`` against this demo."""
+    env = [f"NATS_URL={shlex.quote(nats_url)}"]
+    for name in ("NATS_PREFIX", "DEMO_DB"):
+        if os.environ.get(name):
+            env.append(f"{name}={shlex.quote(os.environ[name])}")
+    python = os.path.relpath(sys.executable, Path.cwd())
+    if python.startswith(".."):
+        python = sys.executable
+    return (
+        f"{' '.join(env)} {shlex.quote(python)} testproject/manage.py "
+        "notify general 'Hello from a plain process'"
+    )
+
+
 def banner(nats_url: str, embedded: bool, daphnes: list[Daphne]) -> str:
     where = "embedded nats-server, JetStream" if embedded else "from NATS_URL"
     lines = [
@@ -357,6 +373,9 @@ def banner(nats_url: str, embedded: bool, daphnes: list[Daphne]) -> str:
     lines += [
         f"  admin:              {daphnes[0].url}/admin/  ({ADMIN_CREDENTIALS})",
         f"  demo users:         {DEMO_USERS}",
+        "",
+        "A notification from a plain process (sync code, like a cron job):",
+        f"  {notify_command(nats_url)}",
         "",
         "Open the two chat URLs side by side (a private window for a second",
         "user): each page says which daphne served it, each message which",

@@ -37,6 +37,10 @@ def test_both_daphnes_serve_the_lobby(demo: Demo) -> None:
         assert "Lobby" in html
         assert f"daphne #{number} :{demo.ports[number - 1]}" in html
         assert 'id="presence"' in html  # the hook presence will fill
+    log = demo.log()
+    assert f"chat on daphne #2:  {demo.urls[1]}/rooms/general/" in log
+    assert f"NATS_URL={demo.info['nats_url']} " in log
+    assert "testproject/manage.py notify general" in log
 
 
 async def test_message_sent_to_daphne_1_reaches_a_client_of_daphne_2(
