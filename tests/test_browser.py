@@ -213,6 +213,8 @@ def test_non_staff_demo_user_cannot_open_the_admin(
     browser = browsers[1]
     url = demo.urls[1]
     sign_in(browser, url, "carol", "demo", "/")
+    wait_until(browser, text_in("#rooms", "General"), "the lobby's rooms")
+    browser.save_screenshot(str(ARTIFACTS / "lobby-carol.png"))
     browser.get(f"{url}/admin/")
     wait_until(
         browser,
