@@ -92,7 +92,6 @@ def install_stamp() -> str:
     digest = hashlib.sha256()
     for name in ("setup.cfg", "pyproject.toml"):
         digest.update((ROOT / name).read_bytes())
-    digest.update(sys.version.encode())
     return digest.hexdigest()
 
 
