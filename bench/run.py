@@ -32,19 +32,11 @@ from pathlib import Path
 from typing import Any
 
 from bench.agent import agent_main, percentiles
+from channels_nats.testing import NatsServer, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from tests.servers import NatsServer  # noqa: E402
 
 # -- servers -------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class RedisServer:

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from bench.agent import percentiles
+from channels_nats.testing import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 20.0
@@ -40,12 +40,6 @@ def channel_layers(impl: str, servers: dict[str, Any], prefix: str) -> dict[str,
     else:
         raise ValueError(f"no channel layer for {impl!r}")
     return {"default": {"BACKEND": backend, "CONFIG": config}}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Daphne:

@@ -196,6 +196,17 @@ class Link:
         for subject, payload, reply in queued:
             with contextlib.suppress(NatsLayerError):
                 await self.publish(subject, payload, reply)
+        # A PING/PONG round trip proves the server has read every publish.
+        # Closing without it can lose the tail of a burst: a socket closed
+        # with unread frames in it (credits sent back to us) is reset by the
+        # kernel, and the server drops what it had not read yet.
+        if self.nc is not None and self.nc.is_connected:
+            try:
+                await self.barrier()
+            except NatsLayerError as exc:
+                logger.warning(
+                    "%s: could not confirm the last publishes: %s", self.label, exc
+                )
         self.closed = True
         tasks = list(self._tasks)
         for task in tasks:

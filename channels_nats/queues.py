@@ -60,6 +60,7 @@ FETCH_WAIT = 5.0
 CONSUMER_INACTIVE = 3600.0
 SETUP_DEADLINE = 15.0
 REBIND_DELAY = 0.1
+MAX_REBIND_DELAY = 2.0
 
 _TRANSIENT = (
     nats.js.errors.NoStreamResponseError,
@@ -181,6 +182,7 @@ class _Puller:
 
     async def _fetch(self) -> None:
         grace = min(1.0, self.owner.ack_wait / 4)
+        unbound, delay = False, REBIND_DELAY
         try:
             while not self.broken:
                 if self._shortfall() <= 0:
@@ -192,17 +194,31 @@ class _Puller:
                         if self._demand <= 0:
                             return
                         continue
+                if unbound:
+                    if not await self._rebind():
+                        await asyncio.sleep(delay)
+                        delay = min(delay * 2, MAX_REBIND_DELAY)
+                        continue
+                    unbound, delay = False, REBIND_DELAY
                 try:
                     msgs = await self.psub.fetch(1, timeout=FETCH_WAIT)
                 except nats.errors.TimeoutError:
+                    # Also what nats-py raises when the server answers that
+                    # the consumer was deleted (409): if it is gone, bind
+                    # again, or receivers would wait forever.
+                    if not await self._consumer_exists():
+                        self.owner.stats.incr("pull_errors")
+                        unbound = True
                     continue
                 except (nats.js.errors.Error, nats.errors.NoRespondersError) as exc:
-                    # The consumer was deleted (inactivity), or its leader
-                    # changed (a node of the cluster died): bind again while
+                    # The consumer was deleted, its leader changed (a node of
+                    # the cluster died) or JetStream is away: bind again while
                     # receivers wait, instead of leaving them waiting.
-                    logger.debug("channels_nats: pull on %s: %r", self.channel, exc)
-                    await asyncio.sleep(REBIND_DELAY)
-                    await self._rebind()
+                    logger.debug("pull on %s: %r", self.channel, exc)
+                    self.owner.stats.incr("pull_errors")
+                    unbound = True
+                    await asyncio.sleep(delay)
+                    continue
                 for msg in msgs:
                     self.owner.accept(self.channel, _Fetched(msg, self.link))
         finally:
@@ -212,18 +228,35 @@ class _Puller:
             if not self.broken:
                 self.want(0)  # restarts the fetcher if demand arrived meanwhile
 
-    async def _rebind(self) -> None:
-        old = self.psub
-        with contextlib.suppress(Exception):
-            await old.unsubscribe()
+    async def _consumer_exists(self) -> bool:
         try:
-            self.psub = await self.owner.bind(
+            await self.psub.consumer_info()
+        except nats.js.errors.NotFoundError:
+            return False
+        except Exception as exc:  # unknown (e.g. no leader): try pulling again
+            logger.debug("consumer of %s: %r", self.channel, exc)
+        return True
+
+    async def _rebind(self) -> bool:
+        """Bind to the channel's consumer again; return whether it worked.
+
+        The old pull subscription is kept until the new one exists, so a
+        failed attempt leaves something to pull on for the next one.
+        """
+        try:
+            psub = await self.owner.bind(
                 self.link, self.stream, self.subject, self.channel
             )
         except Exception as exc:
-            # Still no consumer (e.g. no stream leader yet): the next
-            # iteration tries again.
-            logger.debug("channels_nats: rebinding %s: %r", self.channel, exc)
+            # Still no consumer (no stream leader yet, JetStream away): the
+            # caller tries again after a delay.
+            logger.debug("rebinding %s: %r", self.channel, exc)
+            self.owner.stats.incr("pull_errors")
+            return False
+        old, self.psub = self.psub, psub
+        with contextlib.suppress(Exception):
+            await old.unsubscribe()
+        return True
 
     def release(self) -> None:
         """Nak the messages fetched here that no receiver took."""
@@ -257,6 +290,7 @@ class NormalChannels:
         self._forwards: dict[str, deque[tuple[str, str, bytes, str]]] = {}
         self._forwarding: set[str] = set()
         self.ack_wait = transport.config.redelivery_timeout
+        self.stats = transport.stats
 
     # -- names -------------------------------------------------------------------
 

@@ -25,6 +25,7 @@ COUNTERS = (
     "malformed_frames",  # frames from the wire that could not be decoded
     "handler_errors",  # a hub subscription's handler raised (message dropped)
     "refused_channel_full",  # send() raised ChannelFull
+    "pull_errors",  # failed JetStream pulls and re-binds (the fetcher retries)
     "connections_opened",  # TCP connections to NATS this layer has opened
     "reconnects",
     "disconnects",

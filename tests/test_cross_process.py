@@ -153,3 +153,40 @@ async def test_layer_from_channel_layers_setting_matches_direct_construction(
         assert await asyncio.wait_for(direct.receive(channel), 5) == {"type": "m"}
     finally:
         await direct.close()
+
+
+async def test_close_right_after_a_burst_delivers_everything(nats_server, prefix):
+    """A process that sends a burst and closes at once loses none of it.
+
+    Closing a socket with unread frames (returned credits) made the kernel
+    reset it, and the server threw away publishes it had not read yet.
+    """
+    burst = 100_000
+    settings = {
+        "default": {
+            "BACKEND": "channels_nats.NatsChannelLayer",
+            "CONFIG": {
+                "servers": [nats_server.url],
+                "prefix": prefix,
+                "capacity": burst,
+            },
+        }
+    }
+    receiver = NatsChannelLayer(
+        servers=[nats_server.url], prefix=prefix, capacity=burst
+    )
+    try:
+        for run in range(3):
+            channel = await receiver.new_channel()
+            sender = await Peer.start(settings)
+            sent = await sender.call("send_many", channel=channel, n=burst)
+            await sender.stop()  # layer.close(), then the process exits
+            assert sent == burst
+            got = 0
+            while got < burst:
+                message = await asyncio.wait_for(receiver.receive(channel), 10)
+                assert message["i"] == got, f"run {run}: a gap before {got}"
+                got += 1
+        assert receiver.stats()["lost_in_transit"] == 0
+    finally:
+        await receiver.close()

@@ -242,3 +242,89 @@ async def test_a_process_receiving_from_two_loops_acks_each_message_once(layer, 
     # Nothing is left over or redelivered: the next message is the marker.
     await layer.send("two-loops", {"type": "marker"})
     assert await recv(other, "two-loops") == {"type": "marker"}
+
+
+async def consumer_waiting(url: str, stream: str, consumer: str) -> bool:
+    """Whether ``consumer`` has a pull request waiting on the server."""
+    import nats
+
+    nc = await nats.connect(url)
+    try:
+        info = await nc.jetstream().consumer_info(stream, consumer)
+        return bool(info.num_waiting)
+    except Exception:
+        return False
+    finally:
+        await nc.close()
+
+
+async def test_a_receive_survives_its_consumer_being_deleted(nats_server, layer, other):
+    """The fetcher binds again after a failed pull and delivers exactly once.
+
+    A fetcher that fell through to the previous batch after rebinding died on
+    its first pull (receivers waited forever) or re-delivered the last batch.
+    """
+    import nats
+
+    from channels_nats.queues import _consumer_name as consumer_name
+
+    channel = "rebind-q"
+    stream = f"CHNATS_{layer.prefix}_C100"
+    consumer = consumer_name(channel)
+    for round_ in range(2):  # the first pull, then a pull after messages flowed
+        # A pull already waiting sees the deletion at its expiry (FETCH_WAIT).
+        waiting = asyncio.ensure_future(asyncio.wait_for(layer.receive(channel), 15))
+        await await_until(
+            lambda: consumer_waiting(nats_server.url, stream, consumer), 5
+        )
+        nc = await nats.connect(nats_server.url)
+        try:
+            await nc.jetstream().delete_consumer(stream, consumer)
+        finally:
+            await nc.close()
+        sent = [{"type": "m", "round": round_, "i": i} for i in range(3)]
+        for message in sent:
+            await other.send(channel, message)
+        got = [await waiting] + [await recv(layer, channel) for _ in range(2)]
+        assert got == sent
+    # No duplicate waits in front of the next message.
+    await other.send(channel, {"type": "m", "i": "last"})
+    assert await recv(layer, channel) == {"type": "m", "i": "last"}
+
+
+async def test_a_receive_waits_through_jetstream_going_away_and_back(
+    nats_server_fresh, prefix
+):
+    """Failed pulls (JetStream unavailable) make the fetcher bind again, not die.
+
+    Restarting the server without JetStream makes every pull fail with an
+    error; the fetcher must keep retrying, and deliver each message once
+    when JetStream is back with the same store.
+    """
+    server = nats_server_fresh
+    config = {"servers": [server.url], "prefix": prefix, "reconnect_time_wait": 0.05}
+    receiver, sender = NatsChannelLayer(**config), NatsChannelLayer(**config)
+    channel = "js-away"
+    try:
+        await sender.send(channel, {"type": "m", "i": -1})
+        assert (await recv(receiver, channel))["i"] == -1
+        waiting = asyncio.ensure_future(asyncio.wait_for(receiver.receive(channel), 30))
+        server.jetstream = False
+        await asyncio.to_thread(server.restart, graceful=False)
+        # A pull failed, then a re-bind: the fetcher survived the failure.
+        await await_until(lambda: receiver.stats()["pull_errors"] >= 2, 20)
+        assert not waiting.done()
+        server.jetstream = True
+        await asyncio.to_thread(server.restart)
+        await await_until(lambda: sender.stats()["reconnects"] >= 2, 10)
+        for i in range(3):
+            await sender.send(channel, {"type": "m", "i": i})
+        got = [(await waiting)["i"]] + [
+            (await recv(receiver, channel))["i"] for _ in range(2)
+        ]
+        assert got == [0, 1, 2]
+        await sender.send(channel, {"type": "m", "i": "last"})
+        assert (await recv(receiver, channel))["i"] == "last"
+    finally:
+        await receiver.close()
+        await sender.close()

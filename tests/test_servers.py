@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import nats
 import pytest
@@ -138,3 +142,33 @@ async def test_await_until_accepts_sync_and_async() -> None:
     assert await await_until(lambda: 1, timeout=0.1) == 1
     with pytest.raises(AssertionError, match="within"):
         await await_until(lambda: None, timeout=0.05)
+
+
+def test_testing_module_all_is_sorted_and_importable() -> None:
+    import channels_nats.testing as testing
+
+    names = list(testing.__all__)
+    assert names == sorted(names)
+    for name in names:
+        assert hasattr(testing, name)
+    assert NatsServer is testing.NatsServer  # tests.servers re-exports it
+
+
+def test_testing_module_needs_neither_pytest_nor_django_settings() -> None:
+    code = (
+        "import sys, channels_nats.testing; "
+        "assert 'pytest' not in sys.modules, 'pytest imported'; "
+        "print('ok')"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=Path(__file__).resolve().parent.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"

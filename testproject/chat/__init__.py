@@ -1,0 +1,1 @@
+"""The demo's chat app: rooms, the room consumer, the sync notification view."""
