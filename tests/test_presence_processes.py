@@ -294,3 +294,26 @@ async def test_a_dead_peer_reports_errors_not_hangs(
     [a] = await started(peers, [nats_server.url], prefix, 1)
     with pytest.raises(PeerError, match="TypeError"):
         await a.call("presence_join", room="bad room", session="s.a!1")
+
+
+async def test_ten_thousand_members_reach_a_fresh_process_below_max_payload(
+    tmp_path: Path, prefix: str, peers: Peers
+) -> None:
+    conf = tmp_path / "small.conf"
+    conf.write_text("max_payload: 65536\n")
+    with NatsServer(name="small", jetstream=False, extra_args=["-c", str(conf)]) as srv:
+        [owner] = await started(peers, [srv.url], prefix, 1)
+        await owner.call(
+            "presence_join_many", room="big", prefix="s.o", n=10_000, call_timeout=60
+        )
+        fresh = await peers.start([srv.url], prefix)
+        timing = await fresh.call(
+            "presence_timed_sync", room="big", connections=10_000, call_timeout=60
+        )
+        assert timing["ok"]
+        assert timing["sync"] < 1.0, timing
+        # Nothing went over max_payload: the server would have closed a connection.
+        for peer in (owner, fresh):
+            stats = await peer.call("stats")
+            assert stats.get("presence_malformed", 0) == 0
+            assert stats["disconnects"] == 0
