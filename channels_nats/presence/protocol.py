@@ -249,21 +249,23 @@ def _uint(value: object, bound: int, what: str) -> int:
 
 
 def _time(value: object) -> float:
-    if type(value) not in (int, float) or not math.isfinite(value):  # type: ignore[arg-type]
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
         raise MalformedFrame(f"bad time {value!r:.40}")
-    return float(value)  # type: ignore[arg-type]
+    if not math.isfinite(value):
+        raise MalformedFrame(f"bad time {value!r:.40}")
+    return float(value)
 
 
 def _room(value: object) -> str:
-    if not valid_room(value):
+    if not isinstance(value, str) or not valid_room(value):
         raise MalformedFrame(f"bad room {value!r:.120}")
-    return value  # type: ignore[return-value]
+    return value
 
 
 def _session(value: object) -> str:
-    if not valid_session(value):
+    if not isinstance(value, str) or not valid_session(value):
         raise MalformedFrame(f"bad session {value!r:.120}")
-    return value  # type: ignore[return-value]
+    return value
 
 
 def _user(value: object) -> str | None:

@@ -726,7 +726,7 @@ class PresenceTracker:
                 members = assembly.add(chunk)
                 if members is None:
                     return []
-                changes = self._roster.apply_snapshot(assembly.summary, members, now)  # type: ignore[arg-type]
+                changes = self._roster.apply_snapshot(chunk.summary, members, now)
             except P.MalformedFrame:
                 del self._fetches[chunk.request_id]
                 assembly.future.set_result(False)
