@@ -20,32 +20,16 @@ from django.contrib.auth.models import User
 
 from tests.peers import SyncPeer
 from tests.servers import NatsServer
+from tests.test_browser import INSTALL_HINT, _find, _unavailable
 from tests.test_presence_django import SCRIPT, _close_default_layer, layer_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
 README_SCREENSHOT = ROOT / "docs" / "img" / "presence-admin.png"
-INSTALL_HINT = (
-    "install Debian's chromium and chromium-driver "
-    "(apt-get install chromium chromium-driver), or set CHROMIUM_BINARY and "
-    "CHROMEDRIVER"
-)
-
-
-def _find(env_var: str, *names: str) -> str | None:
-    configured = os.environ.get(env_var)
-    if configured:
-        return configured if os.access(configured, os.X_OK) else None
-    for name in names:
-        found = shutil.which(name)
-        if found:
-            return found
-    return None
 
 
 @pytest.fixture
 def browser() -> Iterator[Any]:
-    in_ci = os.environ.get("CI", "").lower() in ("1", "true", "yes")
     chromium = _find("CHROMIUM_BINARY", "chromium", "chromium-browser")
     driver = _find("CHROMEDRIVER", "chromedriver")
     try:
@@ -54,10 +38,7 @@ def browser() -> Iterator[Any]:
     except ImportError:
         chromium = None
     if chromium is None or driver is None:
-        message = f"no headless browser: {INSTALL_HINT}"
-        if in_ci:
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
+        _unavailable(f"no headless browser: {INSTALL_HINT}")
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
     for arg in (
