@@ -39,6 +39,7 @@ DEFAULTS: dict[str, Any] = {
     "jetstream_storage": "file",
     "jetstream_replicas": 1,
     "redelivery_timeout": 30.0,
+    "outage_buffer": 10.0,
     "presence": None,  # validated by channels_nats.presence.settings
     # Options handed to nats-py's connect() unchanged.
     "name": None,
@@ -84,6 +85,7 @@ class LayerConfig:
     jetstream_storage: str
     jetstream_replicas: int
     redelivery_timeout: float
+    outage_buffer: float = 10.0
     connect_options: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -251,6 +253,9 @@ def parse_config(config: Mapping[str, Any] | None = None, **kwargs: Any) -> Laye
         jetstream_replicas=replicas,
         redelivery_timeout=float(
             _number("redelivery_timeout", merged["redelivery_timeout"], minimum=0.5)
+        ),
+        outage_buffer=float(
+            _number("outage_buffer", merged["outage_buffer"], minimum=0)
         ),
         connect_options=connect_options,
     )

@@ -16,6 +16,7 @@ import contextlib
 import logging
 import math
 import threading
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, TypeVar
@@ -26,9 +27,10 @@ from nats.aio.client import Client
 from nats.aio.subscription import Subscription
 
 from .config import LayerConfig
-from .exceptions import ConnectionUnavailable, NatsLayerError
+from .exceptions import ConnectionUnavailable, LinkDown, NatsLayerError
+from .outage import LinkHealth
 from .sequence import Sequencer
-from .serializers import pack_data
+from .serializers import HELD, pack_data
 from .stats import Stats
 
 __all__ = ["IOThread", "Link"]
@@ -120,6 +122,10 @@ class Link:
         self._outbox_scheduled = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self.closed = False
+        #: Whether the connection carries traffic (see channels_nats.outage).
+        self.health = LinkHealth(
+            loop, label, config.outage_buffer, stats, self.barrier, self.spawn
+        )
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -289,13 +295,25 @@ class Link:
         can yield, so numbers go out in the order they were given.
         """
         nc = self._require_nc()
+        if self.health.held(time.monotonic()):
+            kind += HELD
         seq = self.sequencer.next(target)
         frame = pack_data(kind, origin, target, sent_at, body, seq, self.stream)
         try:
             await nc.publish(subject, frame)
+        except nats.errors.OutboundBufferLimitError:
+            raise self._buffer_full(subject) from None
         except nats.errors.Error as exc:
             raise NatsLayerError(f"publish to {subject} failed: {exc!r}") from exc
         return seq
+
+    def _buffer_full(self, subject: str) -> LinkDown:
+        self._stats.incr("refused_link_down")
+        return LinkDown(
+            f"the NATS link of {self.label} is down and its outage buffer of "
+            f"pending_size={self._config.pending_size} bytes is full; the message "
+            f"to {subject} was not sent"
+        )
 
     def publish_data_threadsafe(
         self,
@@ -308,6 +326,16 @@ class Link:
     ) -> int:
         """:meth:`publish_data` from any thread, without waiting for the write."""
         self._require_nc()
+        down = self.health.down_since
+        if down is not None:
+            # Checked here, on the caller's thread: no probe from it.
+            if time.monotonic() - down > self.health.limit:
+                self._stats.incr("refused_link_down")
+                raise LinkDown(
+                    f"the NATS link of {self.label} has been down for longer "
+                    f"than outage_buffer={self.health.limit:g}s; nothing was sent"
+                )
+            kind += HELD
         with self._outbox_lock:
             # Number and queue under one lock: queue order is wire order.
             seq = self.sequencer.next(target)
@@ -511,10 +539,12 @@ class Link:
     async def _disconnected_cb(self) -> None:
         if not self.closed:
             self._stats.incr("disconnects")
+            self.health.disconnected()
             logger.warning("channels_nats: %s disconnected from NATS", self.label)
 
     async def _reconnected_cb(self) -> None:
         self._stats.incr("reconnects")
+        self.health.reconnected()
         nc = self.nc
         url = nc.connected_url.netloc if nc is not None and nc.connected_url else "?"
         logger.info("channels_nats: %s reconnected to %s", self.label, url)

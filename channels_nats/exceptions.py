@@ -10,6 +10,9 @@ The tree::
           ├── ConnectionUnavailable      no NATS server answered within
           │                              connect_timeout (also a ConnectionError)
           ├── LayerClosed                the layer was closed while receive() waited
+          ├── LinkDown                   the NATS link has been down (or stalled)
+          │                              longer than outage_buffer, or the outage
+          │                              buffer is full: the message was not sent
           ├── MessageTooLarge            encoded message over the server's
           │                              max_payload (also a ValueError)
           ├── NoResponders               a request found nobody subscribed to its
@@ -30,6 +33,7 @@ __all__ = [
     "ConnectionUnavailable",
     "InvalidChannelLayerError",
     "LayerClosed",
+    "LinkDown",
     "MessageTooLarge",
     "NatsLayerError",
     "NoResponders",
@@ -52,6 +56,18 @@ class ConnectionUnavailable(NatsLayerError, ConnectionError):
 
 class LayerClosed(NatsLayerError):
     """The layer was closed; pending ``receive()`` calls end with this error."""
+
+
+class LinkDown(NatsLayerError, ConnectionError):
+    """The link to NATS has been down or unresponsive for too long; nothing was sent.
+
+    While the link is down (the server restarts, is frozen, or a cluster node
+    is failing over), ``send`` and ``group_send`` keep accepting messages for
+    up to ``outage_buffer`` seconds and deliver them after recovery. Past
+    that, or when the buffer of ``pending_size`` bytes is full, they raise
+    this instead of losing the message. It is not :class:`ChannelFull`: the
+    target channel may have plenty of room.
+    """
 
 
 class MessageTooLarge(NatsLayerError, ValueError):

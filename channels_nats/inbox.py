@@ -32,14 +32,29 @@ class Entry(NamedTuple):
     # the entry, and when it was fetched.
     handle: Any = None
     fetched_at: float = 0.0
+    # Sent while the sender's link was down: extra to the channel's capacity.
+    held: bool = False
 
 
 class _Buffer:
-    __slots__ = ("items", "waiters")
+    __slots__ = ("items", "waiters", "held")
 
     def __init__(self) -> None:
         self.items: deque[Entry] = deque()
         self.waiters: deque[asyncio.Future[None]] = deque()
+        #: Held entries in ``items``: an outage's backlog does not take
+        #: capacity from the messages sent after it.
+        self.held = 0
+
+    def popleft(self) -> Entry:
+        entry = self.items.popleft()
+        if entry.held:
+            self.held -= 1
+        return entry
+
+    def clear(self) -> None:
+        self.items.clear()
+        self.held = 0
 
 
 def _next_waiter(buf: _Buffer) -> asyncio.Future[None] | None:
@@ -75,7 +90,7 @@ class Inbox:
         expired = []
         deadline = now - self._expiry
         while buf.items and buf.items[0].sent_at < deadline:
-            expired.append(buf.items.popleft())
+            expired.append(buf.popleft())
         return expired
 
     def _report_expired(self, channel: str, expired: list[Entry]) -> None:
@@ -106,7 +121,7 @@ class Inbox:
             if buf is None:
                 return False
             expired = self._purge_expired(channel, buf, time.time())
-            full = len(buf.items) >= self._capacity_of(channel)
+            full = len(buf.items) - buf.held >= self._capacity_of(channel)
         self._report_expired(channel, expired)
         return full
 
@@ -118,9 +133,11 @@ class Inbox:
         if buf is None:
             buf = self._buffers[channel] = _Buffer()
         expired = self._purge_expired(channel, buf, now) if buf.items else []
-        if enforce_capacity and len(buf.items) >= self._capacity_of(channel):
+        if enforce_capacity and len(buf.items) - buf.held >= self._capacity_of(channel):
             return False, None, expired
         buf.items.append(entry)
+        if entry.held:
+            buf.held += 1
         return True, _next_waiter(buf), expired
 
     def put(self, channel: str, entry: Entry, *, enforce_capacity: bool) -> bool:
@@ -140,7 +157,9 @@ class Inbox:
             wake(waiter)
         return accepted
 
-    def put_many(self, channels: list[str], entry: Entry) -> list[str]:
+    def put_many(
+        self, channels: list[str], entry: Entry, *, enforce_capacity: bool = True
+    ) -> list[str]:
         """Buffer ``entry`` for each channel (a group's local members).
 
         One lock for all of them; capacity applies per channel. Return the
@@ -154,7 +173,9 @@ class Inbox:
             if self._closed is not None:
                 return []
             for channel in channels:
-                accepted, waiter, expired = self._append(channel, entry, True, now)
+                accepted, waiter, expired = self._append(
+                    channel, entry, enforce_capacity, now
+                )
                 if not accepted:
                     full.append(channel)
                 if waiter is not None:
@@ -178,7 +199,7 @@ class Inbox:
                 if buf is None:
                     buf = self._buffers[channel] = _Buffer()
                 expired = self._purge_expired(channel, buf, time.time())
-                entry = buf.items.popleft() if buf.items else None
+                entry = buf.popleft() if buf.items else None
                 if entry is None:
                     fut: asyncio.Future[None] = loop.create_future()
                     buf.waiters.append(fut)
@@ -228,7 +249,7 @@ class Inbox:
             for channel, buf in self._buffers.items():
                 if buf.items:
                     dropped.append((channel, list(buf.items)))
-                    buf.items.clear()
+                    buf.clear()
         total = sum(len(entries) for _, entries in dropped)
         if total:
             self._stats.incr("dropped_flushed", total)
@@ -264,7 +285,7 @@ class Inbox:
             if buf is None:
                 return []
             items = list(buf.items)
-            buf.items.clear()
+            buf.clear()
             return items
 
     def __len__(self) -> int:

@@ -9,6 +9,9 @@ decrypts, so keys can be rotated). Frames on the wire are msgpack arrays:
   group); ``seq`` numbers the frames of one sender connection (``stream``)
   per target, so receivers notice frames lost in transit, and names each
   group message uniquely when processes forward it to a normal channel;
+  :data:`DIRECT_HELD` and :data:`GROUP_HELD` are the same frames published
+  while the sender's link was down or stalled: the receiver takes them
+  beyond capacity (the sender's ``outage_buffer`` bounds how many);
 * control frame ``[1, kind, origin, *args]`` for credits, remote group
   membership and flush.
 
@@ -28,6 +31,8 @@ import msgpack
 __all__ = [
     "DIRECT",
     "GROUP",
+    "DIRECT_HELD",
+    "GROUP_HELD",
     "CREDIT",
     "GROUP_ADD",
     "GROUP_DISCARD",
@@ -43,12 +48,16 @@ __all__ = [
 VERSION = 1
 DIRECT = 0
 GROUP = 1
+DIRECT_HELD = 2
+GROUP_HELD = 3
+#: Added to a data kind for a frame published during an outage.
+HELD = 2
 CREDIT = 10
 GROUP_ADD = 11
 GROUP_DISCARD = 12
 FLUSH = 13
 
-_DATA_KINDS = (DIRECT, GROUP)
+_DATA_KINDS = (DIRECT, GROUP, DIRECT_HELD, GROUP_HELD)
 _CONTROL_ARITY = {CREDIT: 2, GROUP_ADD: 2, GROUP_DISCARD: 2, FLUSH: 0}
 
 

@@ -46,10 +46,13 @@ from .serializers import (
     CREDIT,
     DATA_OVERHEAD,
     DIRECT,
+    DIRECT_HELD,
     FLUSH,
     GROUP,
     GROUP_ADD,
     GROUP_DISCARD,
+    GROUP_HELD,
+    HELD,
     MalformedFrame,
     Serializer,
     pack_control,
@@ -180,6 +183,9 @@ class Transport:
         if frame.origin == self.client_id:
             return  # our own publish: local members already have it
         kind, args = frame.kind, frame.args
+        held = kind in (DIRECT_HELD, GROUP_HELD)
+        if held:
+            kind -= HELD
         if kind in (DIRECT, GROUP):
             target, sent_at, body, seq, stream = args
             lost = self.gaps.observe(frame.origin, stream, target, seq)
@@ -204,12 +210,18 @@ class Transport:
                     channel,
                 )
                 return
-            self.inbox.put(
-                channel, Entry(sent_at, body, frame.origin), enforce_capacity=False
+            entry = (
+                Entry(sent_at, body, frame.origin, None, 0.0, True)
+                if held
+                else Entry(sent_at, body, frame.origin)
             )
+            self.inbox.put(channel, entry, enforce_capacity=False)
         elif kind == GROUP:
             self._deliver_group(
-                target, Entry(sent_at, body, ""), (frame.origin, stream, seq)
+                target,
+                Entry(sent_at, body, "", None, 0.0, held),
+                (frame.origin, stream, seq),
+                held,
             )
         elif kind == CREDIT:
             channel, n = args
@@ -244,13 +256,19 @@ class Transport:
         return head == self.client_id or head.endswith(self._dot_client_id)
 
     def _deliver_group(
-        self, group: str, entry: Entry, sender: tuple[str, int, int]
+        self,
+        group: str,
+        entry: Entry,
+        sender: tuple[str, int, int],
+        held: bool = False,
     ) -> None:
         """Give a group message to this process's members of ``group``.
 
         Specific channels get it in their buffer; normal channels are
         forwarded to their JetStream stream, de-duplicated there by
         ``sender`` (origin, stream, seq), which names the message uniquely.
+        A ``held`` message (sent during an outage) is taken beyond capacity:
+        the whole outage arrives in one burst, faster than any consumer.
         """
         members = self.groups.members(group)
         if not members:
@@ -260,7 +278,7 @@ class Transport:
             for channel in members:
                 if "!" not in channel:
                     self.normal.forward(group, channel, entry, sender)
-        for channel in self.inbox.put_many(specific, entry):
+        for channel in self.inbox.put_many(specific, entry, enforce_capacity=not held):
             self.stats.drop(
                 "dropped_capacity",
                 "channels_nats: group_send to %s dropped a message for %s: the "
@@ -368,7 +386,11 @@ class Transport:
         if home is not link and (home is None or not home.usable):
             # Credits for this send come back on our control subject.
             await self.home()
-        if not self.windows.take(channel) and not await self._credit_arrived(channel):
+        if (
+            not self.windows.take(channel)
+            and not await self._credit_arrived(channel)
+            and not await self._link_down(link, channel)
+        ):
             self.stats.incr("refused_channel_full")
             raise ChannelFull(channel)
         try:
@@ -410,6 +432,21 @@ class Transport:
             if self.windows.take(channel):
                 return True
         return False
+
+    async def _link_down(self, link: Link, channel: str) -> bool:
+        """Whether a send without credit goes out held by an outage.
+
+        No credit can mean a full channel or a link that carries nothing (its
+        credits are stuck with it). A PING round trip tells them apart, and
+        lets credits still in flight arrive: a send that finds credit after
+        it is not refused either. A link that is down takes the message into
+        its outage buffer (see :mod:`channels_nats.outage`).
+        """
+        if link.loop is not asyncio.get_running_loop():
+            return link.health.down_since is not None
+        if await link.health.is_down():
+            return True
+        return self.windows.take(channel)
 
     async def receive(self, channel: str) -> dict[str, Any]:
         normal = "!" not in channel

@@ -81,6 +81,14 @@ async def handle(layer: Any, cmd: dict[str, Any]) -> Any:
         msgs = await puller.psub.fetch(1, timeout=cmd["timeout"])
         body = unpack_frame(msgs[0].data).args[2]
         return transport.serializer.loads(body)
+    if op == "traffic":
+        # About `rate` calls/s for `duration` s, alternating group_send to
+        # `group` and send to `channel`; every call's outcome is recorded.
+        return await traffic(layer, cmd)
+    if op == "collect":
+        # Receive until both end markers arrived and nothing came for `idle`
+        # seconds, or `deadline` seconds passed.
+        return await collect(layer, cmd)
     if op == "group_add":
         await layer.group_add(cmd["group"], cmd["channel"])
         return None
@@ -96,6 +104,62 @@ async def handle(layer: Any, cmd: dict[str, Any]) -> Any:
         await layer.flush()
         return None
     raise ValueError(f"unknown op {op!r}")
+
+
+async def traffic(layer: Any, cmd: dict[str, Any]) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    interval = 1.0 / cmd["rate"]
+    start = loop.time()
+    ok: dict[str, list[int]] = {"g": [], "d": []}
+    errors: dict[str, list[int]] = {}
+    i = 0
+    while loop.time() - start < cmd["duration"]:
+        kind = "g" if i % 2 == 0 else "d"
+        message = {"type": "t", "k": kind, "i": i}
+        try:
+            if kind == "g":
+                await layer.group_send(cmd["group"], message)
+            else:
+                await layer.send(cmd["channel"], message)
+            ok[kind].append(i)
+        except Exception as exc:
+            errors.setdefault(type(exc).__name__, []).append(i)
+        i += 1
+        pause = start + i * interval - loop.time()
+        if pause > 0:
+            await asyncio.sleep(pause)
+    for kind in ("g", "d"):
+        end = {"type": "t", "k": kind, "end": True}
+        for _ in range(200):  # the markers must arrive; retry through errors
+            try:
+                if kind == "g":
+                    await layer.group_send(cmd["group"], end)
+                else:
+                    await layer.send(cmd["channel"], end)
+                break
+            except Exception:
+                await asyncio.sleep(0.05)
+    return {"ok": ok, "errors": errors, "calls": i}
+
+
+async def collect(layer: Any, cmd: dict[str, Any]) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + cmd["deadline"]
+    got: dict[str, list[int]] = {"g": [], "d": []}
+    ends: set[str] = set()
+    while loop.time() < deadline:
+        wait = cmd["idle"] if len(ends) == 2 else deadline - loop.time()
+        try:
+            message = await asyncio.wait_for(layer.receive(cmd["channel"]), wait)
+        except asyncio.TimeoutError:
+            if len(ends) == 2:
+                break
+            continue
+        if message.get("end"):
+            ends.add(message["k"])
+        else:
+            got[message["k"]].append(message["i"])
+    return {"got": got, "ends": sorted(ends), "stats": layer.stats()}
 
 
 async def main() -> None:
