@@ -25,6 +25,8 @@ COUNTERS = (
     "malformed_frames",  # frames from the wire that could not be decoded
     "handler_errors",  # a hub subscription's handler raised (message dropped)
     "refused_channel_full",  # send() raised ChannelFull
+    "refused_link_down",  # send()/group_send() raised LinkDown (outage too long)
+    "stalls",  # a link's liveness PING went unanswered (frozen server or network)
     "pull_errors",  # failed JetStream pulls and re-binds (the fetcher retries)
     "connections_opened",  # TCP connections to NATS this layer has opened
     "reconnects",

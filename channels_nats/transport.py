@@ -120,6 +120,11 @@ class Transport:
         )
         self.hub.attach(self.links)
         self.hub.run_on_home("sweeper", self._sweep_forever)
+        # Credits returned to us while our subscriptions were down are gone;
+        # waiting for expiry to refill the windows would refuse sends with
+        # ChannelFull for a minute. Windows are capped at capacity, so credits
+        # that did arrive cannot over-fill them.
+        self.hub.on_reconnected(self.windows.clear)
         atexit.register(_close_at_exit, weakref.ref(self))
 
     # -- links and home ------------------------------------------------------

@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from channels_nats.testing import NatsServer
+from channels_nats.testing import NatsCluster, NatsServer
 from tests.peers import Peer
 
 Fault = Callable[[], Awaitable[None]]
@@ -133,6 +133,13 @@ def stall_fault(server: NatsServer, stalled_for: float) -> Fault:
     return fault
 
 
+def kill_fault(node: NatsServer) -> Fault:
+    async def fault() -> None:
+        await asyncio.to_thread(node.kill)
+
+    return fault
+
+
 def table(name: str, result: dict[str, Any]) -> str:
     rows = []
     for kind, label in (("g", "group_send"), ("d", "send")):
@@ -145,13 +152,27 @@ def table(name: str, result: dict[str, Any]) -> str:
         f"{'':10} errors={result['errors']} ends={result['ends']} "
         f"lost_in_transit={result['receiver_stats'].get('lost_in_transit')} "
         f"dropped_capacity={result['receiver_stats'].get('dropped_capacity')} "
-        f"stalls={result['sender_stats'].get('stalls')}"
+        f"stalls={result['sender_stats'].get('stalls')} "
+        f"receiver_reconnects={result['receiver_stats'].get('reconnects')} "
+        f"sender_reconnects={result['sender_stats'].get('reconnects')}"
     )
     return "\n".join(rows)
 
 
 async def _main(which: list[str]) -> None:
     for name in which:
+        if name.startswith("failover"):
+            # "failover": the receiver's node dies; "failover-sender": the
+            # sender's. Each process knows the other nodes from the cluster.
+            with NatsCluster(3, jetstream=False) as cluster:
+                cluster.wait_until_formed(timeout=30)
+                receiver_node, sender_node = cluster.nodes[0], cluster.nodes[1]
+                victim = sender_node if name == "failover-sender" else receiver_node
+                result = await run_traffic(
+                    [sender_node.url], [receiver_node.url], kill_fault(victim)
+                )
+                print(table(name, result), flush=True)
+            continue
         with NatsServer(jetstream=False) as server:
             fault = (
                 restart_fault(server, 3.0)
