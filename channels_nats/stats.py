@@ -25,6 +25,7 @@ COUNTERS = (
     "malformed_frames",  # frames from the wire that could not be decoded
     "handler_errors",  # a hub subscription's handler raised (message dropped)
     "refused_channel_full",  # send() raised ChannelFull
+    "credit_waits",  # a send found no credit and waited one PING round trip
     "refused_link_down",  # send()/group_send() raised LinkDown (outage too long)
     "stalls",  # a link's liveness PING went unanswered (frozen server or network)
     "pull_errors",  # failed JetStream pulls and re-binds (the fetcher retries)

@@ -451,6 +451,7 @@ class Transport:
             return link.health.down_since is not None
         if await link.health.is_down():
             return True
+        self.stats.incr("credit_waits")
         return self.windows.take(channel)
 
     async def receive(self, channel: str) -> dict[str, Any]:
