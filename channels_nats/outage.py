@@ -60,6 +60,7 @@ class LinkHealth:
         stats: Stats,
         barrier: Callable[[], Awaitable[None]],
         spawn: Callable[[Awaitable[Any]], Any],
+        recovered: Callable[[], None] = lambda: None,
     ) -> None:
         self.loop = loop
         self.label = label
@@ -69,6 +70,8 @@ class LinkHealth:
         self._stats = stats
         self._barrier = barrier
         self._spawn = spawn
+        # Called when a stall ends (a reconnect has nats-py's own callback).
+        self._on_recovered = recovered
         self._stalled = False
         self._probing = False
         self._probe_started = 0.0
@@ -183,6 +186,7 @@ class LinkHealth:
                 time.monotonic() - self._probe_started,
             )
             self._recovered()
+            self._on_recovered()
 
     def _recovered(self) -> None:
         self.down_since = None

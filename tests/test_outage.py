@@ -27,7 +27,13 @@ def assert_nothing_lost(result: dict[str, Any], *, counted: bool = False) -> Non
     With ``counted``, a message may be missing if the receiver counted it as
     ``lost_in_transit`` (see the restart test).
     """
-    summary = table("result", result)
+    summary = "\n".join(
+        [
+            table("result", result),
+            f"receiver: {result['receiver_stats']}",
+            f"sender: {result['sender_stats']}",
+        ]
+    )
     lost = 0
     for kind in ("g", "d"):
         r = result[kind]
