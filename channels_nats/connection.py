@@ -124,7 +124,13 @@ class Link:
         self.closed = False
         #: Whether the connection carries traffic (see channels_nats.outage).
         self.health = LinkHealth(
-            loop, label, config.outage_buffer, stats, self.barrier, self.spawn
+            loop,
+            label,
+            config.outage_buffer,
+            stats,
+            self.barrier,
+            self.spawn,
+            recovered=self._stall_ended,
         )
 
     # -- lifecycle -----------------------------------------------------------
@@ -548,6 +554,11 @@ class Link:
         nc = self.nc
         url = nc.connected_url.netloc if nc is not None and nc.connected_url else "?"
         logger.info("channels_nats: %s reconnected to %s", self.label, url)
+        if self._on_reconnected is not None and not self.closed:
+            self._on_reconnected(self)
+
+    def _stall_ended(self) -> None:
+        # Credits may have been lost or delayed, as across a reconnect.
         if self._on_reconnected is not None and not self.closed:
             self._on_reconnected(self)
 
