@@ -29,6 +29,7 @@ from nats.aio.subscription import Subscription
 from .config import LayerConfig
 from .exceptions import ConnectionUnavailable, LinkDown, NatsLayerError
 from .outage import LinkHealth
+from .resend import Retained
 from .sequence import Sequencer
 from .serializers import HELD, pack_data
 from .stats import Stats
@@ -38,6 +39,12 @@ __all__ = ["IOThread", "Link"]
 logger = logging.getLogger("channels_nats")
 
 T = TypeVar("T")
+
+#: Seconds a link keeps its frames for resends at least (receivers ask when
+#: they are back from a failover, which takes a moment even with a small
+#: outage_buffer).
+MIN_RETAIN = 5.0
+
 MessageHandler = Callable[[str, bytes, str, "Link"], None]
 #: A handler of one subscription: (subject, data, reply), called from the read loop.
 SubjectHandler = Callable[[str, bytes, str], None]
@@ -122,6 +129,10 @@ class Link:
         self._outbox_scheduled = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self.closed = False
+        #: Recent data frames, for receivers that missed some (channels_nats.resend).
+        self.retained = Retained(
+            max(config.outage_buffer, MIN_RETAIN), config.pending_size
+        )
         #: Whether the connection carries traffic (see channels_nats.outage).
         self.health = LinkHealth(
             loop,
@@ -131,6 +142,7 @@ class Link:
             self.barrier,
             self.spawn,
             recovered=self._stall_ended,
+            retained=self.retained,
         )
 
     # -- lifecycle -----------------------------------------------------------
@@ -301,16 +313,28 @@ class Link:
         can yield, so numbers go out in the order they were given.
         """
         nc = self._require_nc()
-        if self.health.held(time.monotonic()):
-            kind += HELD
+        now = time.monotonic()
+        held = self.health.held(now)  # raises LinkDown past outage_buffer
         seq = self.sequencer.next(target)
-        frame = pack_data(kind, origin, target, sent_at, body, seq, self.stream)
+        frame = pack_data(
+            kind + HELD if held else kind,
+            origin,
+            target,
+            sent_at,
+            body,
+            seq,
+            self.stream,
+        )
         try:
             await nc.publish(subject, frame)
-        except nats.errors.OutboundBufferLimitError:
-            raise self._buffer_full(subject) from None
         except nats.errors.Error as exc:
+            # nats-py raises before it buffers anything: take the number
+            # back, so that no receiver waits for (or is resent) this frame.
+            self.sequencer.undo(target, seq)
+            if isinstance(exc, nats.errors.OutboundBufferLimitError):
+                raise self._buffer_full(subject) from None
             raise NatsLayerError(f"publish to {subject} failed: {exc!r}") from exc
+        self.retained.keep(now, kind, target, subject, sent_at, body, seq)
         return seq
 
     def _buffer_full(self, subject: str) -> LinkDown:
@@ -332,19 +356,24 @@ class Link:
     ) -> int:
         """:meth:`publish_data` from any thread, without waiting for the write."""
         self._require_nc()
+        now = time.monotonic()
         down = self.health.down_since
+        held = False
         if down is not None:
             # Checked here, on the caller's thread: no probe from it.
-            if time.monotonic() - down > self.health.limit:
+            if now - down > self.health.limit:
                 self._stats.incr("refused_link_down")
                 raise LinkDown(
                     f"the NATS link of {self.label} has been down for longer "
                     f"than outage_buffer={self.health.limit:g}s; nothing was sent"
                 )
-            kind += HELD
+            held = True
         with self._outbox_lock:
             # Number and queue under one lock: queue order is wire order.
             seq = self.sequencer.next(target)
+            self.retained.keep(now, kind, target, subject, sent_at, body, seq)
+            if held:
+                kind += HELD
             frame = pack_data(kind, origin, target, sent_at, body, seq, self.stream)
             self._enqueue(subject, frame, "")
         return seq

@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .exceptions import LinkDown, NatsLayerError
+from .resend import Retained
 from .stats import Stats
 
 __all__ = ["PROBE_EVERY", "STALL_AFTER", "LinkHealth"]
@@ -61,6 +62,7 @@ class LinkHealth:
         barrier: Callable[[], Awaitable[None]],
         spawn: Callable[[Awaitable[Any]], Any],
         recovered: Callable[[], None] = lambda: None,
+        retained: Retained | None = None,
     ) -> None:
         self.loop = loop
         self.label = label
@@ -72,6 +74,8 @@ class LinkHealth:
         self._spawn = spawn
         # Called when a stall ends (a reconnect has nats-py's own callback).
         self._on_recovered = recovered
+        # What the link sent recently stops ageing while it is down.
+        self._retained = retained
         self._stalled = False
         self._probing = False
         self._probe_started = 0.0
@@ -82,6 +86,8 @@ class LinkHealth:
     def disconnected(self) -> None:
         if self.down_since is None:
             self.down_since = time.monotonic()
+        if self._retained is not None:
+            self._retained.pause()
 
     def reconnected(self) -> None:
         if not self._stalled:
@@ -155,6 +161,8 @@ class LinkHealth:
         self._stalled = True
         if self.down_since is None:
             self.down_since = since
+        if self._retained is not None:
+            self._retained.pause()
         self._stats.incr("stalls")
         logger.warning(
             "%s: NATS has not answered a PING for %.1fs; holding publishes for "
@@ -190,3 +198,5 @@ class LinkHealth:
 
     def _recovered(self) -> None:
         self.down_since = None
+        if self._retained is not None:
+            self._retained.resume()

@@ -8,7 +8,9 @@ it:
 
 - **Sender** (:class:`Retained`, one per connection): the frames it published
   in the last ``max_age`` seconds, at most ``max_bytes`` of bodies and
-  ``max_frames`` frames, oldest forgotten first.
+  ``max_frames`` frames, oldest forgotten first. While the connection is
+  down nothing ages (receivers cannot have asked yet); once it is back, what
+  it kept meanwhile stays for another ``max_age``.
 - **Receiver** (:class:`Reassembly`): the next number expected per
   (sender, connection, target). A frame past a gap is held back, together
   with those after it, and the sender is asked for the missing range; the
@@ -69,6 +71,17 @@ class Retained:
         self._frames: deque[Kept] = deque()
         self._bytes = 0
         self._lock = threading.Lock()
+        # Frames count as kept no earlier than this (the end of an outage);
+        # None while an outage lasts: then nothing ages at all.
+        self._floor: float | None = float("-inf")
+
+    def pause(self) -> None:
+        """The connection is down: stop ageing what is kept."""
+        self._floor = None
+
+    def resume(self) -> None:
+        """The connection is back: what is kept ages from now on."""
+        self._floor = self.clock()
 
     def __len__(self) -> int:
         return len(self._frames)
@@ -97,11 +110,12 @@ class Retained:
     def _trim(self, now: float) -> None:
         # Lock held.
         frames = self._frames
+        floor = self._floor
         oldest = now - self.max_age
         while frames and (
             self._bytes > self.max_bytes
             or len(frames) > self.max_frames
-            or frames[0].at < oldest
+            or (floor is not None and max(frames[0].at, floor) < oldest)
         ):
             self._bytes -= len(frames.popleft().body)
 
@@ -161,7 +175,9 @@ class Reassembly:
         deliver: Callable[[Any], None],
         lost: Callable[[str, str, int], None],
         wait: float,
+        max_gap: int = MAX_FRAMES,
     ) -> None:
+        self.max_gap = max_gap
         self._ask = ask
         self._deliver = deliver
         self._lost = lost
@@ -191,32 +207,46 @@ class Reassembly:
         """A live frame arrived: True means deliver it now.
 
         False means this object took it: held behind a gap (delivered later
-        through ``deliver``) or a duplicate (dropped).
+        through ``deliver``).
         """
         key = (origin, stream, target)
         ask: tuple[str, int, str, int, int] | None = None
+        too_wide = 0
         with self._lock:
             gap = self._gaps.get(key) if self._gaps else None
             if gap is None:
                 last = self._last(key)
-                if last is None or seq == last + 1 or seq == 1:
+                if last is None or seq == last + 1 or seq <= last:
+                    # Next in line, first seen, or numbering started again
+                    # (a sender forgets idle targets): one connection's
+                    # frames arrive in order, so a live frame is never a
+                    # duplicate. Resent frames come through resent().
                     self._current[key] = seq
                     return True
-                if seq <= last:
-                    self.duplicates += 1
-                    return False
-                gap = self._gaps[key] = _Gap(
-                    last + 1, seq - 1, time.monotonic() + self.wait
-                )
-                ask = (origin, stream, target, last + 1, seq - 1)
+                if seq - last - 1 > self.max_gap:
+                    # More than any sender keeps: count it, do not ask.
+                    self._current[key] = seq
+                    too_wide = seq - last - 1
+                else:
+                    gap = self._gaps[key] = _Gap(
+                        last + 1, seq - 1, time.monotonic() + self.wait
+                    )
+                    ask = (origin, stream, target, last + 1, seq - 1)
             elif seq <= gap.high:
                 return self._refill(key, gap, seq, item)
+            elif seq - gap.high - 1 > self.max_gap:
+                too_wide = seq - gap.high - 1
             elif seq > gap.high + 1:
                 gap.missing.update(range(gap.high + 1, seq))
                 ask = (origin, stream, target, gap.high + 1, seq - 1)
-            gap.high = seq
-            gap.held.append((seq, item))
-            self._current[key] = seq
+            if gap is not None:
+                gap.high = seq
+                gap.held.append((seq, item))
+                self._current[key] = seq
+        if too_wide:
+            self._lost(origin, target, too_wide)
+            if gap is None:
+                return True
         if ask is not None:
             self._ask(*ask)
         return False
@@ -266,11 +296,11 @@ class Reassembly:
         key = (origin, stream, target)
         with self._lock:
             last = self._last(key)
-            if last is None or seq <= last:
-                return  # nothing missing, or a sender we never heard from
+            if last is None or seq <= last or seq - last > self.max_gap:
+                return  # nothing missing, a sender we never heard from, or junk
             gap = self._gaps.get(key)
             if gap is not None:
-                if seq <= gap.high:
+                if seq <= gap.high or seq - gap.high > self.max_gap:
                     return
                 first = gap.high + 1
                 gap.missing.update(range(first, seq + 1))

@@ -57,6 +57,13 @@ class Sequencer:
             state.current[target] = seq
             return seq
 
+    def undo(self, target: str, seq: int) -> None:
+        """Take back number ``seq`` if it is still the last one given out."""
+        state = self._state
+        with state.lock:
+            if state.current.get(target) == seq:
+                state.current[target] = seq - 1
+
     def sweep(self) -> None:
         self._state.sweep()
 

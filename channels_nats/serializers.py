@@ -12,8 +12,10 @@ decrypts, so keys can be rotated). Frames on the wire are msgpack arrays:
   :data:`DIRECT_HELD` and :data:`GROUP_HELD` are the same frames published
   while the sender's link was down or stalled: the receiver takes them
   beyond capacity (the sender's ``outage_buffer`` bounds how many);
+  :data:`DIRECT_RESENT` and :data:`GROUP_RESENT` are frames published again
+  on a receiver's request (:mod:`channels_nats.recovery`);
 * control frame ``[1, kind, origin, *args]`` for credits, remote group
-  membership and flush.
+  membership, flush, and resends (RESEND, GONE, MARK, HELLO).
 
 Anything else is a :class:`MalformedFrame`, counted by the receiver and never
 raised into a consumer.
@@ -33,6 +35,12 @@ __all__ = [
     "GROUP",
     "DIRECT_HELD",
     "GROUP_HELD",
+    "DIRECT_RESENT",
+    "GROUP_RESENT",
+    "RESEND",
+    "GONE",
+    "MARK",
+    "HELLO",
     "CREDIT",
     "GROUP_ADD",
     "GROUP_DISCARD",
@@ -52,13 +60,30 @@ DIRECT_HELD = 2
 GROUP_HELD = 3
 #: Added to a data kind for a frame published during an outage.
 HELD = 2
+DIRECT_RESENT = 4
+GROUP_RESENT = 5
+#: Added to a data kind for a frame published again on request.
+RESENT = 4
 CREDIT = 10
 GROUP_ADD = 11
 GROUP_DISCARD = 12
 FLUSH = 13
+RESEND = 14
+GONE = 15
+MARK = 16
+HELLO = 17
 
-_DATA_KINDS = (DIRECT, GROUP, DIRECT_HELD, GROUP_HELD)
-_CONTROL_ARITY = {CREDIT: 2, GROUP_ADD: 2, GROUP_DISCARD: 2, FLUSH: 0}
+_DATA_KINDS = (DIRECT, GROUP, DIRECT_HELD, GROUP_HELD, DIRECT_RESENT, GROUP_RESENT)
+_CONTROL_ARITY = {
+    CREDIT: 2,
+    GROUP_ADD: 2,
+    GROUP_DISCARD: 2,
+    FLUSH: 0,
+    RESEND: 4,
+    GONE: 4,
+    MARK: 3,
+    HELLO: 0,
+}
 
 
 class MalformedFrame(ValueError):

@@ -22,6 +22,7 @@ COUNTERS = (
     "dropped_flushed",  # queued messages discarded by flush() or close()
     "dropped_publish_failed",  # a handed-over publish failed after the call returned
     "lost_in_transit",  # frames another process sent that never arrived (seq gap)
+    "resent",  # frames this process published again for a receiver that missed them
     "malformed_frames",  # frames from the wire that could not be decoded
     "handler_errors",  # a hub subscription's handler raised (message dropped)
     "refused_channel_full",  # send() raised ChannelFull

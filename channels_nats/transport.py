@@ -41,18 +41,24 @@ from .hub import Hub
 from .inbox import Entry, Inbox
 from .links import Links
 from .queues import NormalChannels
-from .sequence import GapDetector
+from .recovery import Recovery
+from .resend import MAX_FRAMES
 from .serializers import (
     CREDIT,
     DATA_OVERHEAD,
     DIRECT,
     DIRECT_HELD,
+    DIRECT_RESENT,
     FLUSH,
+    GONE,
     GROUP,
     GROUP_ADD,
     GROUP_DISCARD,
     GROUP_HELD,
-    HELD,
+    GROUP_RESENT,
+    HELLO,
+    MARK,
+    RESEND,
     MalformedFrame,
     Serializer,
     pack_control,
@@ -67,6 +73,36 @@ logger = logging.getLogger("channels_nats")
 
 CREDIT_FLUSH_DELAY = 0.02
 CREDIT_YIELDS = 4
+
+
+#: Data frame kind -> (DIRECT or GROUP, held by an outage, resent on request).
+_DATA_KINDS = {
+    DIRECT: (DIRECT, False, False),
+    GROUP: (GROUP, False, False),
+    DIRECT_HELD: (DIRECT, True, False),
+    GROUP_HELD: (GROUP, True, False),
+    DIRECT_RESENT: (DIRECT, True, True),
+    GROUP_RESENT: (GROUP, True, True),
+}
+#: Argument types of the resend protocol's control frames.
+_RECOVERY_SHAPES: dict[int, tuple[type, ...]] = {
+    RESEND: (int, str, int, int),
+    GONE: (int, str, int, int),
+    MARK: (int, str, int),
+    HELLO: (),
+}
+
+
+def _shaped(args: tuple[Any, ...], shape: tuple[type, ...]) -> bool:
+    """Whether resend-protocol arguments have the right types and sane numbers."""
+    if len(args) != len(shape) or not all(
+        type(a) is t for a, t in zip(args, shape, strict=True)
+    ):
+        return False
+    numbers = args[2:]  # first and last of a range, or a mark's number
+    if any(n <= 0 for n in numbers):
+        return False
+    return len(numbers) < 2 or 0 <= numbers[1] - numbers[0] < MAX_FRAMES
 
 
 def _valid_name(name: object, regex: re.Pattern[str]) -> bool:
@@ -88,7 +124,6 @@ class Transport:
         self.serializer = Serializer(config.symmetric_encryption_keys)
         self.stats = Stats()
         self.capacity_of = capacity_of
-        self.gaps = GapDetector()
         self._sequence_sweep_every = max(2 * config.expiry, 240.0)
         self.credits = CreditBatcher(
             lambda ch: max(1, capacity_of(ch) // 4),
@@ -125,6 +160,16 @@ class Transport:
         # ChannelFull for a minute. Windows are capped at capacity, so credits
         # that did arrive cannot over-fill them.
         self.hub.on_reconnected(self.windows.clear)
+        self.recovery = Recovery(
+            self.client_id,
+            self.subjects,
+            self.hub,
+            self.links,
+            self.stats,
+            self._deliver_data,
+        )
+        # Receivers may have missed what we sent while we were away.
+        self.hub.on_reconnected(self.recovery.recovered)
         atexit.register(_close_at_exit, weakref.ref(self))
 
     # -- links and home ------------------------------------------------------
@@ -164,7 +209,7 @@ class Transport:
             if now - sequences_swept >= self._sequence_sweep_every:
                 # Two generations: state idle for one to two intervals goes.
                 sequences_swept = now
-                self.gaps.sweep()
+                self.recovery.reassembly.sweep()
                 for link in list(self.links.by_loop.values()):
                     link.sequencer.sweep()
             emptied = self.groups.sweep()
@@ -188,47 +233,18 @@ class Transport:
         if frame.origin == self.client_id:
             return  # our own publish: local members already have it
         kind, args = frame.kind, frame.args
-        held = kind in (DIRECT_HELD, GROUP_HELD)
-        if held:
-            kind -= HELD
-        if kind in (DIRECT, GROUP):
+        data_kind = _DATA_KINDS.get(kind)
+        if data_kind is not None:
+            base, held, resent = data_kind
             target, sent_at, body, seq, stream = args
-            lost = self.gaps.observe(frame.origin, stream, target, seq)
-            if lost:
-                self.stats.drop(
-                    "lost_in_transit",
-                    "channels_nats: %d message(s) from %s to %s never arrived (NATS "
-                    "drops what is published while nobody is subscribed, e.g. "
-                    "during a reconnect)",
-                    lost,
-                    frame.origin,
-                    target,
-                    n=lost,
-                )
-        if kind == DIRECT:
-            channel = target
-            if not self._owns(channel):
-                self.stats.drop(
-                    "malformed_frames",
-                    "channels_nats: dropped a frame for %s, not a channel of this "
-                    "process",
-                    channel,
-                )
-                return
-            entry = (
-                Entry(sent_at, body, frame.origin, None, 0.0, True)
-                if held
-                else Entry(sent_at, body, frame.origin)
-            )
-            self.inbox.put(channel, entry, enforce_capacity=False)
-        elif kind == GROUP:
-            self._deliver_group(
-                target,
-                Entry(sent_at, body, "", None, 0.0, held),
-                (frame.origin, stream, seq),
-                held,
-            )
-        elif kind == CREDIT:
+            item = (base, frame.origin, args, held)
+            reassembly = self.recovery.reassembly
+            if resent:
+                reassembly.resent(frame.origin, stream, target, seq, item)
+            elif reassembly.observe(frame.origin, stream, target, seq, item):
+                self._deliver_data(base, frame.origin, args, held)
+            return
+        if kind == CREDIT:
             channel, n = args
             if (
                 not isinstance(channel, str)
@@ -247,12 +263,56 @@ class Transport:
             link.spawn(self._membership_request(kind, args, reply, link))
         elif kind == FLUSH:
             link.spawn(self._local_flush())
+        elif kind in _RECOVERY_SHAPES:
+            if not _shaped(args, _RECOVERY_SHAPES[kind]):
+                self.stats.drop(
+                    "malformed_frames",
+                    "channels_nats: dropped a resend frame of kind %r with %r",
+                    kind,
+                    args,
+                )
+            elif kind == RESEND:
+                self.recovery.on_resend(frame.origin, args)
+            elif kind == GONE:
+                self.recovery.on_gone(frame.origin, args)
+            elif kind == MARK:
+                self.recovery.on_mark(frame.origin, args)
+            else:
+                self.recovery.on_hello(frame.origin)
         else:
             self.stats.drop(
                 "malformed_frames",
                 "channels_nats: dropped a frame of unknown kind %r on %s",
                 kind,
                 subject,
+            )
+
+    def _deliver_data(
+        self, kind: int, origin: str, args: tuple[Any, ...], held: bool
+    ) -> None:
+        """Hand a data frame's message to this process's channels."""
+        target, sent_at, body, seq, stream = args
+        if kind == DIRECT:
+            if not self._owns(target):
+                self.stats.drop(
+                    "malformed_frames",
+                    "channels_nats: dropped a frame for %s, not a channel of this "
+                    "process",
+                    target,
+                )
+                return
+            entry = (
+                Entry(sent_at, body, origin, None, 0.0, True)
+                if held
+                else Entry(sent_at, body, origin)
+            )
+            self.inbox.put(target, entry, enforce_capacity=False)
+        else:
+            self._deliver_group(
+                target,
+                Entry(sent_at, body, "", None, 0.0, held),
+                (origin, stream, seq),
+                held,
             )
 
     def _owns(self, channel: str) -> bool:

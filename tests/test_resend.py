@@ -50,16 +50,15 @@ def test_a_gap_holds_later_frames_until_the_resend_fills_it() -> None:
     assert rx.lost == [] and rx.r.open_gaps == 0
 
 
-def test_duplicates_are_dropped_by_number() -> None:
+def test_duplicate_resends_are_dropped_by_number() -> None:
     rx = Receiver()
     rx.live(1)
     rx.live(3)
     rx.r.resent("o", 0, "t", 2, 2)
-    rx.r.resent("o", 0, "t", 2, 2)  # a second resend
-    rx.live(2)  # the original, late
-    rx.live(3)
+    rx.r.resent("o", 0, "t", 2, 2)  # a second resend, after the gap closed
+    rx.r.resent("o", 0, "t", 3, 3)  # one the receiver had anyway
     assert rx.delivered == [1, 2, 3]
-    assert rx.r.duplicates == 3
+    assert rx.r.duplicates == 2
 
 
 def test_what_the_sender_no_longer_has_is_counted_lost_and_the_rest_goes_out() -> None:
@@ -149,3 +148,14 @@ def test_retained_finds_ranges_and_forgets_by_age_bytes_and_count() -> None:
     now[0] = 30.0
     kept.keep(30.0, 0, "t", "subj", 0.0, b"", 7)  # the rest is too old
     assert [k.seq for k in kept._frames] == [7]
+
+
+def test_a_jump_wider_than_any_sender_keeps_is_counted_not_asked() -> None:
+    rx = Receiver()
+    rx.r.max_gap = 10
+    rx.live(1)
+    rx.live(100)  # 98 missing: more than a sender keeps
+    assert rx.delivered == [1, 100]
+    assert rx.asked == [] and rx.lost == [("o", "t", 98)]
+    rx.r.mark("o", 0, "t", 10**9)  # a hostile mark asks nothing either
+    assert rx.asked == [] and rx.r.open_gaps == 0
