@@ -650,6 +650,10 @@ class Transport:
             link = await self.links.link()
         self.check_size(body, group)
         subject = self.subjects.group(group)
+        home = self.links.home
+        if home is not link and (home is None or not home.usable):
+            # Receivers that miss a frame ask us on our control subject.
+            await self.home()
         if link.loop is loop:
             seq = await link.publish_data(
                 subject, GROUP, self.client_id, group, now, body
