@@ -94,6 +94,9 @@ def summarize(
         "calls": sent["calls"],
         "errors": {name: len(ids) for name, ids in sent["errors"].items()},
         "ends": received["ends"],
+        # The longest time without a delivery: the outage as the receiver
+        # saw it, from the last message before to the first one after.
+        "max_silence": received["max_silence"],
         "receiver_stats": received["stats"],
         "sender_stats": sender_stats,
     }
@@ -150,6 +153,7 @@ def table(name: str, result: dict[str, Any]) -> str:
         )
     rows.append(
         f"{'':10} errors={result['errors']} ends={result['ends']} "
+        f"max_silence={result['max_silence']:.2f}s "
         f"lost_in_transit={result['receiver_stats'].get('lost_in_transit')} "
         f"dropped_capacity={result['receiver_stats'].get('dropped_capacity')} "
         f"stalls={result['sender_stats'].get('stalls')} "

@@ -147,6 +147,8 @@ async def collect(layer: Any, cmd: dict[str, Any]) -> dict[str, Any]:
     deadline = loop.time() + cmd["deadline"]
     got: dict[str, list[int]] = {"g": [], "d": []}
     ends: set[str] = set()
+    last_at: float | None = None
+    max_silence = 0.0
     while loop.time() < deadline:
         wait = cmd["idle"] if len(ends) == 2 else deadline - loop.time()
         try:
@@ -155,11 +157,20 @@ async def collect(layer: Any, cmd: dict[str, Any]) -> dict[str, Any]:
             if len(ends) == 2:
                 break
             continue
+        now = loop.time()
+        if last_at is not None and len(ends) < 2:
+            max_silence = max(max_silence, now - last_at)
+        last_at = now
         if message.get("end"):
             ends.add(message["k"])
         else:
             got[message["k"]].append(message["i"])
-    return {"got": got, "ends": sorted(ends), "stats": layer.stats()}
+    return {
+        "got": got,
+        "ends": sorted(ends),
+        "stats": layer.stats(),
+        "max_silence": max_silence,
+    }
 
 
 async def main() -> None:
