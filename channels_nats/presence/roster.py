@@ -12,6 +12,10 @@ Per remote node it keeps the incarnation, the last applied sequence number,
 the digest of the copy, and a small reorder buffer: frames published from
 different threads of a node may arrive out of order, so a gap waits
 ``reorder_window`` for the missing frame before a targeted resync.
+
+The indexes it builds on are in :mod:`.index`, the per-node views and the
+change records in :mod:`.nodes`, the coalescing of changes into diffs in
+:mod:`.diffs`.
 """
 
 from __future__ import annotations
