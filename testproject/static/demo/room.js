@@ -87,7 +87,9 @@
       tabs.title = metas.length === 1 ? "1 open tab" : metas.length + " open tabs";
       li.appendChild(tabs);
       li.appendChild(el("span", "member-status", latest.status));
-      li.appendChild(el("span", "servers", "on " + servers.join(", ")));
+      var where = el("span", "servers");
+      servers.forEach(function (server) { where.appendChild(el("span", "", "on " + server)); });
+      li.appendChild(where);
       presenceList.appendChild(li);
     });
     if (!presenceList.firstChild) {
