@@ -175,9 +175,10 @@ class LobbyConsumer(AsyncJsonWebsocketConsumer):
         await self.send_counts()
 
     def on_diff(self, room: str, joins: Any, leaves: Any) -> None:
-        if not self.pending:
-            self.pending = True
-            self.loop.call_soon_threadsafe(self.schedule_counts)
+        if self.pending or self.loop.is_closed():
+            return
+        self.pending = True
+        self.loop.call_soon_threadsafe(self.schedule_counts)
 
     def schedule_counts(self) -> None:
         task = self.loop.create_task(self.send_counts())
