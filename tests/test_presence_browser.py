@@ -18,21 +18,21 @@ from typing import Any
 import pytest
 from django.contrib.auth.models import User
 
+from tests.browser import (  # noqa: F401 (a fixture)
+    ARTIFACTS,
+    browser_factory_fixture,
+    wait_until,
+)
 from tests.demo import ROOT
 from tests.peers import SyncPeer
 from tests.servers import NatsServer
-from tests.test_browser import (  # noqa: F401 (browser_factory is a fixture)
-    ARTIFACTS,
-    browser_factory,
-    wait_until,
-)
 from tests.test_presence_django import SCRIPT, _close_default_layer, layer_settings
 
 README_SCREENSHOT = ROOT / "docs" / "img" / "presence-admin.png"
 
 
 @pytest.fixture
-def browser(browser_factory: Callable[..., Any]) -> Any:  # noqa: F811
+def browser(browser_factory: Callable[..., Any]) -> Any:
     return browser_factory(1200, 1000)
 
 
