@@ -7,7 +7,7 @@ from any loop or thread, send requests and gather replies, keep tasks running
 wherever the process's subscriptions live, and hear when those move, when the
 connection comes back after an outage, and when the layer closes.
 
-Subscriptions made here belong to the *home* link (see :mod:`.links`): they
+Subscriptions made here belong to the *home* link (see :mod:`.loops`): they
 move with it between event loops, and nats-py restores them after a
 reconnect. Their handlers run inline in the NATS read loop of the home's
 event loop, which may be the layer's I/O thread; a handler must not block
@@ -26,12 +26,12 @@ from typing import TYPE_CHECKING, Any
 
 import nats.errors
 
-from .connection import Link, SubjectHandler
 from .exceptions import ConnectionUnavailable, NoResponders, RequestTimeout
+from .link import Link, SubjectHandler
 from .stats import Stats
 
 if TYPE_CHECKING:
-    from .links import Links
+    from .loops import Links
 
 __all__ = ["Hub"]
 

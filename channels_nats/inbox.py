@@ -83,7 +83,7 @@ class Inbox:
             return
         self._stats.drop(
             "dropped_expired",
-            "channels_nats: dropped %d message(s) for %s older than expiry=%ss",
+            "dropped %d message(s) for %s older than expiry=%ss",
             len(expired),
             channel,
             self._expiry,

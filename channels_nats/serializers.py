@@ -4,11 +4,12 @@ A message body is the msgpack encoding of the message dict, encrypted with
 the first of ``symmetric_encryption_keys`` when keys are configured (any key
 decrypts, so keys can be rotated). Frames on the wire are msgpack arrays:
 
-* data frame ``[1, kind, origin, target, sent_at, body, seq, stream]`` with
+* data frame ``[1, kind, origin, target, sent_at, body, seq, link]`` with
   ``kind`` :data:`DIRECT` (``target`` is a channel) or :data:`GROUP` (a
-  group); ``seq`` numbers the frames of one sender connection (``stream``)
-  per target, so receivers notice frames lost in transit, and names each
-  group message uniquely when processes forward it to a normal channel;
+  group); ``seq`` numbers the frames of one sender connection (``link``,
+  its number within the sending process) per target, so receivers notice
+  frames lost in transit, and names each group message uniquely when
+  processes forward it to a normal channel;
 * control frame ``[1, kind, origin, *args]`` for credits, remote group
   membership and flush.
 
@@ -73,9 +74,9 @@ def pack_data(
     sent_at: float,
     body: bytes,
     seq: int = 0,
-    stream: int = 0,
+    link: int = 0,
 ) -> bytes:
-    frame = [VERSION, kind, origin, target, sent_at, body, seq, stream]
+    frame = [VERSION, kind, origin, target, sent_at, body, seq, link]
     return msgpack.packb(frame)  # type: ignore[no-any-return]
 
 

@@ -12,7 +12,7 @@ import threading
 import time
 from collections import Counter
 
-logger = logging.getLogger("channels_nats")
+logger = logging.getLogger(__name__)
 
 #: Counter names, documented in the README ("Observability").
 COUNTERS = (
@@ -60,7 +60,7 @@ class Stats:
         logger.warning(msg, *args)
         if suppressed:
             logger.warning(
-                "channels_nats: %d more %s since the previous warning",
+                "%d more %s since the previous warning",
                 suppressed,
                 name,
             )

@@ -8,7 +8,7 @@ Data flow of one layer instance (one per process and CHANNEL_LAYERS alias)::
     receive ◄── Inbox.get (any loop) ──► CreditBatcher ──► credit frame to sender
 
 Which connection each event loop uses, and which one holds the process's
-subscriptions (the *home*), is :mod:`channels_nats.links`.
+subscriptions (the *home*), is :mod:`channels_nats.loops`.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from typing import Any
 from channels.layers import BaseChannelLayer
 
 from .config import LayerConfig
-from .connection import Link
 from .exceptions import (
     ChannelFull,
     MessageTooLarge,
@@ -39,8 +38,9 @@ from .flow import CreditBatcher, CreditWindows
 from .groups import GroupRegistry
 from .hub import Hub
 from .inbox import Entry, Inbox
-from .links import Links
-from .queues import NormalChannels
+from .link import Link
+from .loops import Links
+from .normal import NormalChannels
 from .sequence import GapDetector
 from .serializers import (
     CREDIT,
@@ -60,7 +60,7 @@ from .subjects import Subjects, owner_of
 
 __all__ = ["Transport"]
 
-logger = logging.getLogger("channels_nats")
+logger = logging.getLogger(__name__)
 
 CREDIT_FLUSH_DELAY = 0.02
 CREDIT_YIELDS = 4
@@ -172,7 +172,7 @@ class Transport:
         except MalformedFrame as exc:
             self.stats.drop(
                 "malformed_frames",
-                "channels_nats: dropped a malformed frame on %s: %s",
+                "dropped a malformed frame on %s: %s",
                 subject,
                 exc,
             )
@@ -181,12 +181,12 @@ class Transport:
             return  # our own publish: local members already have it
         kind, args = frame.kind, frame.args
         if kind in (DIRECT, GROUP):
-            target, sent_at, body, seq, stream = args
-            lost = self.gaps.observe(frame.origin, stream, target, seq)
+            target, sent_at, body, seq, link_no = args
+            lost = self.gaps.observe(frame.origin, link_no, target, seq)
             if lost:
                 self.stats.drop(
                     "lost_in_transit",
-                    "channels_nats: %d message(s) from %s to %s never arrived (NATS "
+                    "%d message(s) from %s to %s never arrived (NATS "
                     "drops what is published while nobody is subscribed, e.g. "
                     "during a reconnect)",
                     lost,
@@ -199,8 +199,7 @@ class Transport:
             if not self._owns(channel):
                 self.stats.drop(
                     "malformed_frames",
-                    "channels_nats: dropped a frame for %s, not a channel of this "
-                    "process",
+                    "dropped a frame for %s, not a channel of this process",
                     channel,
                 )
                 return
@@ -209,7 +208,7 @@ class Transport:
             )
         elif kind == GROUP:
             self._deliver_group(
-                target, Entry(sent_at, body, ""), (frame.origin, stream, seq)
+                target, Entry(sent_at, body, ""), (frame.origin, link_no, seq)
             )
         elif kind == CREDIT:
             channel, n = args
@@ -220,7 +219,7 @@ class Transport:
             ):
                 self.stats.drop(
                     "malformed_frames",
-                    "channels_nats: dropped a credit frame with count %r for %r",
+                    "dropped a credit frame with count %r for %r",
                     n,
                     channel,
                 )
@@ -233,7 +232,7 @@ class Transport:
         else:
             self.stats.drop(
                 "malformed_frames",
-                "channels_nats: dropped a frame of unknown kind %r on %s",
+                "dropped a frame of unknown kind %r on %s",
                 kind,
                 subject,
             )
@@ -250,7 +249,7 @@ class Transport:
 
         Specific channels get it in their buffer; normal channels are
         forwarded to their JetStream stream, de-duplicated there by
-        ``sender`` (origin, stream, seq), which names the message uniquely.
+        ``sender`` (origin, link number, seq), which names the message uniquely.
         """
         members = self.groups.members(group)
         if not members:
@@ -263,8 +262,7 @@ class Transport:
         for channel in self.inbox.put_many(specific, entry):
             self.stats.drop(
                 "dropped_capacity",
-                "channels_nats: group_send to %s dropped a message for %s: the "
-                "channel is at capacity",
+                "group_send to %s dropped a message for %s: the channel is at capacity",
                 group,
                 channel,
             )
@@ -288,7 +286,7 @@ class Transport:
         except Exception as exc:
             self.stats.drop(
                 "malformed_frames",
-                "channels_nats: refused a membership request: %r",
+                "refused a membership request: %r",
                 exc,
             )
             answer = f"error: {exc}".encode()
@@ -435,7 +433,7 @@ class Transport:
             except MalformedFrame as exc:
                 self.stats.drop(
                     "malformed_frames",
-                    "channels_nats: dropped an undecodable message for %s: %s",
+                    "dropped an undecodable message for %s: %s",
                     channel,
                     exc,
                 )
@@ -518,8 +516,7 @@ class Transport:
                 # within a reconnect interval. Past request_timeout it is gone.
                 if time.monotonic() + delay > deadline:
                     logger.warning(
-                        "channels_nats: no process owns %s (it has closed); %s of "
-                        "%s ignored",
+                        "no process owns %s (it has closed); %s of %s ignored",
                         channel,
                         "group_add" if kind == GROUP_ADD else "group_discard",
                         group,
@@ -557,7 +554,7 @@ class Transport:
             )
         # Local members get it now, without a round trip through the broker.
         self._deliver_group(
-            group, Entry(now, body, ""), (self.client_id, link.stream, seq)
+            group, Entry(now, body, ""), (self.client_id, link.number, seq)
         )
 
     async def flush(self) -> None:

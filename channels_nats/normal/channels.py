@@ -36,19 +36,19 @@ import nats.errors
 import nats.js.errors
 from nats.js import api
 
-from .connection import Link
-from .exceptions import ChannelFull, NatsLayerError, NormalChannelsUnavailable
-from .inbox import Entry
-from .serializers import DIRECT, MalformedFrame, pack_data, unpack_frame
-from .subjects import token, untoken
-from .wakeup import fail, wake
+from ..exceptions import ChannelFull, NatsLayerError, NormalChannelsUnavailable
+from ..inbox import Entry
+from ..link import Link
+from ..serializers import DIRECT, MalformedFrame, pack_data, unpack_frame
+from ..subjects import token, untoken
+from ..wakeup import fail, wake
 
 if TYPE_CHECKING:
-    from .transport import Transport
+    from ..transport import Transport
 
 __all__ = ["NormalChannels"]
 
-logger = logging.getLogger("channels_nats")
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -101,7 +101,7 @@ async def _retry(fn: Callable[[], Awaitable[T]], what: str) -> T:
         except Exception as exc:
             if not _is_transient(exc) or time.monotonic() > deadline:
                 raise
-            logger.debug("channels_nats: %s: %r; retrying", what, exc)
+            logger.debug("%s: %r; retrying", what, exc)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
 
@@ -269,8 +269,8 @@ class NormalChannels:
     """Send, receive and group membership of normal channels over JetStream."""
 
     def __init__(self, transport: Transport) -> None:
-        self._t = transport
-        cfg = transport.config
+        self._transport = transport
+        cfg = self._config = transport.config
         self._prefix = cfg.prefix
         self._stream_base = "CHNATS_" + token(cfg.prefix)
         self._bucket = self._stream_base + "_members"
@@ -299,7 +299,7 @@ class NormalChannels:
 
     def subject(self, channel: str) -> tuple[str, str]:
         """Return (stream name, subject) of ``channel``."""
-        capacity = self._t.capacity_of(channel)
+        capacity = self._transport.capacity_of(channel)
         return (
             self._stream(capacity),
             f"{self._prefix}.c.{capacity}.{token(channel)}",
@@ -311,12 +311,12 @@ class NormalChannels:
         nc = link._require_nc()
         if not nc._server_info.get("jetstream"):
             raise NormalChannelsUnavailable(
-                f"The NATS server at {', '.join(self._t.config.servers)} has no "
+                f"The NATS server at {', '.join(self._config.servers)} has no "
                 "JetStream, which normal channels (names without '!') need. Start "
                 "it with -js (or a 'jetstream {}' block in its configuration); "
                 "specific channels and groups work without it."
             )
-        return nc.jetstream(timeout=self._t.config.request_timeout)
+        return nc.jetstream(timeout=self._transport.config.request_timeout)
 
     async def _ensure_stream(self, link: Link, stream: str) -> None:
         if stream in self._streams:
@@ -328,7 +328,7 @@ class NormalChannels:
     async def _create_stream(self, link: Link, stream: str) -> None:
         js = self._js(link)
         capacity = int(stream.rsplit("_C", 1)[1])
-        cfg = self._t.config
+        cfg = self._transport.config
         config = api.StreamConfig(
             name=stream,
             subjects=[f"{self._prefix}.c.{capacity}.>"],
@@ -389,7 +389,9 @@ class NormalChannels:
             ack_policy=api.AckPolicy.EXPLICIT,
             ack_wait=self.ack_wait,
             max_deliver=-1,
-            inactive_threshold=max(CONSUMER_INACTIVE, self._t.config.expiry * 2),
+            inactive_threshold=max(
+                CONSUMER_INACTIVE, self._transport.config.expiry * 2
+            ),
         )
 
         async def create() -> Any:
@@ -409,14 +411,14 @@ class NormalChannels:
 
     async def send(self, channel: str, body: bytes, now: float) -> None:
         stream, subject = self.subject(channel)
-        payload = pack_data(DIRECT, self._t.client_id, channel, now, body)
-        link = await self._t.link()
-        self._t.check_size(body, channel)
+        payload = pack_data(DIRECT, self._transport.client_id, channel, now, body)
+        link = await self._transport.link()
+        self._transport.check_size(body, channel)
         await self._ensure_stream(link, stream)
         try:
             await link.run(self._publish, link, stream, subject, payload, None)
         except ChannelFull:
-            self._t.stats.incr("refused_channel_full")
+            self._transport.stats.incr("refused_channel_full")
             raise ChannelFull(channel) from None
 
     async def _publish(
@@ -457,21 +459,21 @@ class NormalChannels:
             if frame.kind != DIRECT:
                 raise MalformedFrame("not a direct frame")
         except MalformedFrame as exc:
-            self._t.stats.drop(
+            self._transport.stats.drop(
                 "malformed_frames",
-                "channels_nats: dropped a malformed message on %s: %s",
+                "dropped a malformed message on %s: %s",
                 channel,
                 exc,
             )
             fetched.link.spawn(msg.term())
             return
-        _target, sent_at, body, _seq, _stream = frame.args
+        _target, sent_at, body, _seq, _link = frame.args
         entry = Entry(sent_at, body, "", fetched, time.monotonic())
         self.inbox.put(channel, entry, enforce_capacity=False)
 
     async def receive(self, channel: str) -> Entry:
         """Take the next message of ``channel`` and ack it to JetStream."""
-        link = await self._t.link()
+        link = await self._transport.link()
         puller = await self._puller(link, channel)
         puller.want(1)
         try:
@@ -503,7 +505,7 @@ class NormalChannels:
         process's buffer for the next receiver instead of being lost.
         """
         fetched: _Fetched = entry.handle
-        timeout = self._t.config.request_timeout
+        timeout = self._transport.config.request_timeout
         future = asyncio.run_coroutine_threadsafe(
             fetched.msg.ack_sync(timeout=timeout), fetched.link.loop
         )
@@ -521,7 +523,7 @@ class NormalChannels:
             raise
         except Exception as exc:
             # Not confirmed: JetStream may deliver it again (at-least-once).
-            logger.debug("channels_nats: ack on %s not confirmed: %r", channel, exc)
+            logger.debug("ack on %s not confirmed: %r", channel, exc)
 
     # -- groups ------------------------------------------------------------------
 
@@ -534,12 +536,12 @@ class NormalChannels:
         each forwarding process keeping its order, the copies JetStream keeps
         (the first of each message id) are in order too.
         """
-        origin, sender_stream, seq = sender
-        home = self._t.current_home()
+        origin, sender_link, seq = sender
+        home = self._transport.current_home()
         if home is None:
-            self._t.stats.drop(
+            self._transport.stats.drop(
                 "dropped_publish_failed",
-                "channels_nats: no connection to forward a group message to %s",
+                "no connection to forward a group message to %s",
                 channel,
             )
             return
@@ -548,7 +550,7 @@ class NormalChannels:
             stream,
             subject,
             pack_data(DIRECT, origin, channel, entry.sent_at, entry.body),
-            f"{origin}.{sender_stream}.{seq}.{token(group)}.{token(channel)}",
+            f"{origin}.{sender_link}.{seq}.{token(group)}.{token(channel)}",
         )
         with self._lock:
             self._forwards.setdefault(channel, deque()).append(item)
@@ -576,16 +578,16 @@ class NormalChannels:
                     await self._ensure_stream(link, stream)
                     await self._publish(link, stream, subject, payload, msg_id)
                 except ChannelFull:
-                    self._t.stats.drop(
+                    self._transport.stats.drop(
                         "dropped_capacity",
-                        "channels_nats: a group message for %s was dropped: the "
+                        "a group message for %s was dropped: the "
                         "channel is at capacity",
                         channel,
                     )
                 except Exception as exc:
-                    self._t.stats.drop(
+                    self._transport.stats.drop(
                         "dropped_publish_failed",
-                        "channels_nats: could not forward a group message to %s: %r",
+                        "could not forward a group message to %s: %r",
                         channel,
                         exc,
                     )
@@ -601,7 +603,7 @@ class NormalChannels:
         if kv is not None:
             return kv
         js = self._js(link)
-        cfg = self._t.config
+        cfg = self._transport.config
 
         async def create() -> Any:
             return await js.create_key_value(
@@ -618,7 +620,7 @@ class NormalChannels:
 
     async def membership(self, add: bool, group: str, channel: str) -> None:
         """Record (or remove) a normal channel's membership cluster-wide."""
-        link = await self._t.link()
+        link = await self._transport.link()
         await self.watch()
         await link.run(self._write_membership, link, add, group, channel)
 
@@ -638,7 +640,7 @@ class NormalChannels:
         watching = self._watching
         if watching is not None and watching.usable:
             return
-        home = await self._t.home()
+        home = await self._transport.home()
         ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         with self._lock:
             if self._watching is not None and self._watching.usable:
@@ -686,9 +688,9 @@ class NormalChannels:
         except ValueError:
             return
         if entry.operation in ("DEL", "PURGE"):
-            self._t.discard_normal_member(group, channel)
+            self._transport.discard_normal_member(group, channel)
         else:
-            self._t.add_normal_member(group, channel)
+            self._transport.add_normal_member(group, channel)
 
     # -- housekeeping ------------------------------------------------------------
 
@@ -700,11 +702,11 @@ class NormalChannels:
         nc = link.nc
         if nc is None or not nc._server_info.get("jetstream"):
             return
-        js = nc.jetstream(timeout=self._t.config.request_timeout)
+        js = nc.jetstream(timeout=self._transport.config.request_timeout)
         try:
             streams = await js.streams_info()
         except Exception as exc:
-            logger.debug("channels_nats: flush could not list streams: %r", exc)
+            logger.debug("flush could not list streams: %r", exc)
             return
         ours = ("KV_" + self._bucket, self._stream_base + "_C")
         for info in streams:

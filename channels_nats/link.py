@@ -33,7 +33,7 @@ from .stats import Stats
 
 __all__ = ["IOThread", "Link"]
 
-logger = logging.getLogger("channels_nats")
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 MessageHandler = Callable[[str, bytes, str, "Link"], None]
@@ -91,13 +91,13 @@ class Link:
         label: str,
         on_message: MessageHandler,
         stats: Stats,
-        stream: int = 0,
+        number: int = 0,
         handlers: Mapping[str, SubjectHandler] | None = None,
         on_reconnected: Callable[[Link], None] | None = None,
     ) -> None:
         self.loop = loop
         #: Number of this connection among the process's, carried in its frames.
-        self.stream = stream
+        self.number = number
         self.sequencer = Sequencer()
         self.label = label
         self._config = config
@@ -161,7 +161,7 @@ class Link:
         self.nc = nc
         self._stats.incr("connections_opened")
         logger.info(
-            "channels_nats: %s connected to %s",
+            "%s connected to %s",
             self.label,
             nc.connected_url.netloc if nc.connected_url else "?",
         )
@@ -221,7 +221,7 @@ class Link:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                logger.debug("channels_nats: %s close: %r", self.label, exc)
+                logger.debug("%s close: %r", self.label, exc)
         self._subs.clear()
         self.confirmed.clear()
 
@@ -236,7 +236,7 @@ class Link:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             logger.error(
-                "channels_nats: background task of %s failed",
+                "background task of %s failed",
                 self.label,
                 exc_info=task.exception(),
             )
@@ -290,7 +290,7 @@ class Link:
         """
         nc = self._require_nc()
         seq = self.sequencer.next(target)
-        frame = pack_data(kind, origin, target, sent_at, body, seq, self.stream)
+        frame = pack_data(kind, origin, target, sent_at, body, seq, self.number)
         try:
             await nc.publish(subject, frame)
         except nats.errors.Error as exc:
@@ -311,7 +311,7 @@ class Link:
         with self._outbox_lock:
             # Number and queue under one lock: queue order is wire order.
             seq = self.sequencer.next(target)
-            frame = pack_data(kind, origin, target, sent_at, body, seq, self.stream)
+            frame = pack_data(kind, origin, target, sent_at, body, seq, self.number)
             self._enqueue(subject, frame, "")
         return seq
 
@@ -353,7 +353,7 @@ class Link:
                 except NatsLayerError as exc:
                     self._stats.drop(
                         "dropped_publish_failed",
-                        "channels_nats: a publish to %s was lost: %s",
+                        "a publish to %s was lost: %s",
                         subject,
                         exc,
                     )
@@ -488,7 +488,7 @@ class Link:
     def _bad_frame(self, subject: bytes, exc: BaseException) -> None:
         self._stats.drop(
             "malformed_frames",
-            "channels_nats: dropped a malformed NATS frame on %r: %r",
+            "dropped a malformed NATS frame on %r: %r",
             subject,
             exc,
         )
@@ -497,32 +497,32 @@ class Link:
         if isinstance(exc, nats.errors.SlowConsumerError):
             self._stats.drop(
                 "dropped_slow_consumer",
-                "channels_nats: NATS client dropped a message on %s: subscription "
+                "NATS client dropped a message on %s: subscription "
                 "over its pending limits (slow consumer)",
                 exc.subject,
             )
         elif isinstance(exc, (OSError, nats.errors.Error, asyncio.TimeoutError)):
             # Connection trouble is reported once per state change by the
             # callbacks below; each retry is only worth a DEBUG line.
-            logger.debug("channels_nats: %s: %r", self.label, exc)
+            logger.debug("%s: %r", self.label, exc)
         else:
-            logger.warning("channels_nats: %s: %r", self.label, exc)
+            logger.warning("%s: %r", self.label, exc)
 
     async def _disconnected_cb(self) -> None:
         if not self.closed:
             self._stats.incr("disconnects")
-            logger.warning("channels_nats: %s disconnected from NATS", self.label)
+            logger.warning("%s disconnected from NATS", self.label)
 
     async def _reconnected_cb(self) -> None:
         self._stats.incr("reconnects")
         nc = self.nc
         url = nc.connected_url.netloc if nc is not None and nc.connected_url else "?"
-        logger.info("channels_nats: %s reconnected to %s", self.label, url)
+        logger.info("%s reconnected to %s", self.label, url)
         if self._on_reconnected is not None and not self.closed:
             self._on_reconnected(self)
 
     async def _closed_cb(self) -> None:
-        logger.info("channels_nats: %s connection closed", self.label)
+        logger.info("%s connection closed", self.label)
 
 
 class IOThread:
