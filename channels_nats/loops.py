@@ -3,7 +3,7 @@
 Every long-lived event loop gets its own :class:`~channels_nats.link.Link`,
 so the hot path never crosses a thread. The short-lived loops that
 ``async_to_sync`` makes for one call each (recognised through asgiref's own
-registry) share the link of the layer's :class:`~channels_nats.link.IOThread`
+registry) share the link of the layer's :class:`~channels_nats.iothread.IOThread`
 instead of connecting per call.
 
 The *home* link holds the process's subscriptions (its process subject, its
@@ -32,7 +32,8 @@ from asgiref.sync import AsyncToSync
 
 from .config import LayerConfig
 from .exceptions import LayerClosed
-from .link import IOThread, Link, MessageHandler, SubjectHandler
+from .iothread import IOThread
+from .link import Link, MessageHandler, SubjectHandler
 from .stats import Stats
 
 __all__ = ["Links", "is_short_lived"]
