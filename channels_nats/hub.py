@@ -151,6 +151,11 @@ class Hub:
         """Publish from any loop or thread without waiting; FIFO per caller."""
         self._link_for_caller().publish_threadsafe(subject, payload, reply)
 
+    async def publish_confirmed(self, subject: str, payload: bytes) -> None:
+        """Publish, and return once the server has processed the publish."""
+        link = await self.links.link()
+        await link.run(_publish_and_sync, link, subject, payload)
+
     async def request(self, subject: str, payload: bytes, timeout: float) -> bytes:
         """Send a request and return the first reply's payload."""
         link = await self.links.link()
@@ -275,6 +280,11 @@ class Hub:
             self._services.clear()
         for link, task in running:
             _cancel(link, task)
+
+
+async def _publish_and_sync(link: Link, subject: str, payload: bytes) -> None:
+    await link.publish(subject, payload)
+    await link.barrier()
 
 
 def _cancel(link: Link, task: asyncio.Task[None]) -> None:

@@ -11,7 +11,8 @@ decrypts, so keys can be rotated). Frames on the wire are msgpack arrays:
   frames lost in transit, and names each group message uniquely when
   processes forward it to a normal channel;
 * control frame ``[1, kind, origin, *args]`` for credits, remote group
-  membership and flush.
+  membership and flush; a frame of another kind (a newer peer's) decodes
+  with its arguments unchecked, and the receiver drops it as unknown.
 
 Anything else is a :class:`MalformedFrame`, counted by the receiver and never
 raised into a consumer.
@@ -120,10 +121,13 @@ def unpack_frame(data: bytes) -> Frame:
             or not isinstance(args[4], int)
         ):
             raise MalformedFrame("bad data frame")
-    elif _CONTROL_ARITY.get(kind) != len(args) or not all(
-        isinstance(a, (str, int)) for a in args
+    elif kind in _CONTROL_ARITY and (
+        _CONTROL_ARITY[kind] != len(args)
+        or not all(isinstance(a, (str, int)) for a in args)
     ):
         raise MalformedFrame(f"bad control frame of kind {kind!r}")
+    # Any other kind is well-formed but unknown here (a newer peer): the
+    # receiver counts it as such.
     return Frame(kind, origin, args)
 
 

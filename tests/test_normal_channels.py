@@ -266,7 +266,7 @@ async def test_a_receive_survives_its_consumer_being_deleted(nats_server, layer,
     """
     import nats
 
-    from channels_nats.normal.channels import _consumer_name as consumer_name
+    from channels_nats.normal.jetstream import consumer_name
 
     channel = "rebind-q"
     stream = f"CHNATS_{layer.prefix}_C100"
