@@ -192,8 +192,9 @@ class Transport:
             return
         if frame.origin == self.client_id:
             return  # our own publish: local members already have it
-        handler = self.handlers.get(frame.kind)
-        if handler is None:
+        try:
+            handler = self.handlers[frame.kind]
+        except KeyError:
             self.stats.drop(
                 "unknown_frames",
                 "dropped a frame of unknown kind %r on %s (from a newer version?)",
