@@ -257,6 +257,14 @@ class Inbox:
         self._report_expired(channel, expired)
         return count
 
+    def waiting(self, channel: str) -> int:
+        """Receivers waiting on ``channel`` now."""
+        with self._lock:
+            buf = self._buffers.get(channel)
+            if buf is None:
+                return 0
+            return sum(1 for fut in buf.waiters if not fut.done())
+
     def take_all(self, channel: str) -> list[Entry]:
         """Remove and return every buffered message of ``channel``."""
         with self._lock:
