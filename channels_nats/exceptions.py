@@ -9,7 +9,8 @@ The tree::
      └── NatsLayerError                   base of the runtime errors of this package
           ├── ConnectionUnavailable      no NATS server answered within
           │                              connect_timeout (also a ConnectionError)
-          ├── LayerClosed                the layer was closed while receive() waited
+          ├── LayerClosed                the layer was closed (while receive()
+          │                              waited, or before a call)
           ├── LinkDown                   the NATS link has been down (or stalled)
           │                              longer than outage_buffer, or the outage
           │                              buffer is full: the message was not sent

@@ -115,6 +115,27 @@ class LinkHealth:
             )
         return True
 
+    def held_elsewhere(self, now: float) -> bool:
+        """:meth:`held` for a caller on another thread: no probe from there."""
+        down = self.down_since
+        if down is None:
+            return False
+        if now - down > self.limit:
+            self._stats.incr("refused_link_down")
+            raise LinkDown(
+                f"the NATS link of {self.label} has been down for longer than "
+                f"outage_buffer={self.limit:g}s; the message was not sent"
+            )
+        return True
+
+    def buffer_full(self, subject: str) -> LinkDown:
+        """The error for a publish nats-py refused: its outage buffer is full."""
+        self._stats.incr("refused_link_down")
+        return LinkDown(
+            f"the NATS link of {self.label} is down and its buffer of "
+            f"pending_size bytes is full; the message to {subject} was not sent"
+        )
+
     async def is_down(self) -> bool:
         """Whether the link is down, waiting up to :data:`STALL_AFTER` to know.
 

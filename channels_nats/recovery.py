@@ -27,14 +27,20 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .exceptions import NatsLayerError
-from .resend import Reassembly
+from .resend import MAX_FRAMES, Reassembly
 from .serializers import (
     DIRECT,
+    DIRECT_HELD,
+    DIRECT_RESENT,
     GONE,
+    GROUP,
+    GROUP_HELD,
+    GROUP_RESENT,
     HELLO,
     MARK,
     RESEND,
     RESENT,
+    Frame,
     pack_control,
     pack_data,
 )
@@ -43,7 +49,8 @@ from .subjects import Subjects, owner_of
 
 if TYPE_CHECKING:
     from .hub import Hub
-    from .links import Links
+    from .link import Link
+    from .loops import Links
 
 __all__ = ["Recovery"]
 
@@ -52,35 +59,60 @@ logger = logging.getLogger(__name__)
 #: Seconds a receiver holds frames behind a gap waiting for the resend.
 RESEND_WAIT = 2.0
 
-Item = tuple[int, str, tuple[Any, ...], bool]  # (kind, origin, args, held)
+#: Data frame kind -> DIRECT or GROUP.
+_BASE = {
+    DIRECT: DIRECT,
+    DIRECT_HELD: DIRECT,
+    DIRECT_RESENT: DIRECT,
+    GROUP: GROUP,
+    GROUP_HELD: GROUP,
+    GROUP_RESENT: GROUP,
+}
+#: Argument types of the protocol's control frames.
+_SHAPES: dict[int, tuple[type, ...]] = {
+    RESEND: (int, str, int, int),
+    GONE: (int, str, int, int),
+    MARK: (int, str, int),
+}
+
+
+def _shaped(args: tuple[Any, ...], shape: tuple[type, ...]) -> bool:
+    """Whether arguments have the right types and sane numbers."""
+    if len(args) != len(shape) or not all(
+        type(a) is t for a, t in zip(args, shape, strict=True)
+    ):
+        return False
+    numbers = args[2:]  # first and last of a range, or a mark's number
+    if any(n <= 0 for n in numbers):
+        return False
+    return len(numbers) < 2 or 0 <= numbers[1] - numbers[0] < MAX_FRAMES
 
 
 class Recovery:
-    """Asks for, answers and announces resends for one layer instance."""
+    """Asks for, answers and announces resends for one layer instance.
+
+    ``take`` maps DIRECT and GROUP to what hands a released frame to this
+    process's channels (beyond capacity: it is part of a backlog); the
+    transport fills it in, and :attr:`links`, once they exist.
+    """
 
     def __init__(
-        self,
-        client_id: str,
-        subjects: Subjects,
-        hub: Hub,
-        links: Links,
-        stats: Stats,
-        deliver: Callable[[int, str, tuple[Any, ...], bool], None],
+        self, client_id: str, subjects: Subjects, hub: Hub, stats: Stats
     ) -> None:
         self.client_id = client_id
         self.subjects = subjects
         self.hub = hub
-        self.links = links
         self.stats = stats
-        self._deliver = deliver
+        self.links: Links  # set by the transport
+        self.take: dict[int, Callable[[Frame], None]] = {}
         self.reassembly = Reassembly(self._ask, self._release, self._lost, RESEND_WAIT)
 
     # -- receiver side -----------------------------------------------------------
 
     def _ask(
-        self, origin: str, stream: int, target: str, first: int, last: int
+        self, origin: str, number: int, target: str, first: int, last: int
     ) -> None:
-        frame = pack_control(RESEND, self.client_id, stream, target, first, last)
+        frame = pack_control(RESEND, self.client_id, number, target, first, last)
         self._publish(self.subjects.control(origin), frame)
         try:
             loop = asyncio.get_running_loop()
@@ -88,10 +120,8 @@ class Recovery:
             return
         loop.call_later(RESEND_WAIT + 0.05, self.reassembly.expire)
 
-    def _release(self, item: Item) -> None:
-        kind, origin, args, _ = item
-        # Released after a gap: part of a backlog, taken beyond capacity.
-        self._deliver(kind, origin, args, True)
+    def _release(self, frame: Frame) -> None:
+        self.take[_BASE[frame.kind]](frame)
 
     def _lost(self, origin: str, target: str, n: int) -> None:
         self.stats.drop(
@@ -104,42 +134,61 @@ class Recovery:
             n=n,
         )
 
-    def on_gone(self, origin: str, args: tuple[Any, ...]) -> None:
-        stream, target, first, last = args
-        self.reassembly.gone(origin, stream, target, first, last)
+    def on_resent(self, frame: Frame, subject: str, reply: str, link: Link) -> None:
+        target, _, _, seq, number = frame.args
+        self.reassembly.resent(frame.origin, number, target, seq, frame)
 
-    def on_mark(self, origin: str, args: tuple[Any, ...]) -> None:
-        stream, target, seq = args
-        self.reassembly.mark(origin, stream, target, seq)
+    def on_gone(self, frame: Frame, subject: str, reply: str, link: Link) -> None:
+        if self._valid(frame):
+            number, target, first, last = frame.args
+            self.reassembly.gone(frame.origin, number, target, first, last)
+
+    def on_mark(self, frame: Frame, subject: str, reply: str, link: Link) -> None:
+        if self._valid(frame):
+            number, target, seq = frame.args
+            self.reassembly.mark(frame.origin, number, target, seq)
+
+    def _valid(self, frame: Frame) -> bool:
+        if _shaped(frame.args, _SHAPES[frame.kind]):
+            return True
+        self.stats.drop(
+            "refused_resend",
+            "dropped a resend frame of kind %r with %r",
+            frame.kind,
+            frame.args,
+        )
+        return False
 
     # -- sender side ---------------------------------------------------------------
 
-    def on_resend(self, origin: str, args: tuple[Any, ...]) -> None:
-        stream, target, first, last = args
-        to = self.subjects.process(origin)
-        for link in list(self.links.by_loop.values()):
-            if link.stream != stream:
+    def on_resend(self, frame: Frame, subject: str, reply: str, link: Link) -> None:
+        if not self._valid(frame):
+            return
+        number, target, first, last = frame.args
+        to = self.subjects.process(frame.origin)
+        for mine in list(self.links.by_loop.values()):
+            if mine.number != number:
                 continue
-            found = link.retained.find(target, first, last)
+            found = mine.retained.find(target, first, last)
             for kept in found:
-                frame = pack_data(
+                again = pack_data(
                     kept.kind + RESENT,
                     self.client_id,
                     kept.target,
                     kept.sent_at,
                     kept.body,
                     kept.seq,
-                    stream,
+                    number,
                 )
-                self._publish(to, frame)
+                self._publish(to, again)
             self.stats.incr("resent", len(found))
             break
         self._publish(
-            to, pack_control(GONE, self.client_id, stream, target, first, last)
+            to, pack_control(GONE, self.client_id, number, target, first, last)
         )
 
-    def on_hello(self, origin: str) -> None:
-        self.send_marks(origin)
+    def on_hello(self, frame: Frame, subject: str, reply: str, link: Link) -> None:
+        self.send_marks(frame.origin)
 
     def recovered(self) -> None:
         """Our connection is back: say hello, and mark what we sent."""
@@ -148,8 +197,8 @@ class Recovery:
 
     def send_marks(self, owner: str | None) -> None:
         """Mark the last frame to each recent target (of ``owner``, if given)."""
-        for link in list(self.links.by_loop.values()):
-            for kept in link.retained.latest():
+        for mine in list(self.links.by_loop.values()):
+            for kept in mine.retained.latest():
                 if (
                     owner is not None
                     and kept.kind == DIRECT
@@ -157,7 +206,7 @@ class Recovery:
                 ):
                     continue
                 frame = pack_control(
-                    MARK, self.client_id, link.stream, kept.target, kept.seq
+                    MARK, self.client_id, mine.number, kept.target, kept.seq
                 )
                 self._publish(kept.subject, frame)
 

@@ -40,6 +40,9 @@ __all__ = ["Kept", "Reassembly", "Retained"]
 
 #: Frames a sender keeps at most, whatever their size.
 MAX_FRAMES = 100_000
+#: Seconds a sender keeps its frames at least: receivers ask once they are
+#: back from a failover, which takes a moment even when outage_buffer is small.
+MIN_RETAIN = 5.0
 
 
 class Kept(NamedTuple):

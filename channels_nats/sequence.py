@@ -19,7 +19,7 @@ from __future__ import annotations
 import threading
 from typing import Generic, TypeVar
 
-__all__ = ["GapDetector", "Sequencer"]
+__all__ = ["Sequencer"]
 
 K = TypeVar("K")
 
@@ -63,27 +63,6 @@ class Sequencer:
         with state.lock:
             if state.current.get(target) == seq:
                 state.current[target] = seq - 1
-
-    def sweep(self) -> None:
-        self._state.sweep()
-
-
-class GapDetector:
-    """Receiver side: the last number seen per (sender, connection, target)."""
-
-    def __init__(self) -> None:
-        self._state: _Generations[tuple[str, int, str]] = _Generations()
-
-    def observe(self, origin: str, stream: int, target: str, seq: int) -> int:
-        """Record ``seq``; return how many frames before it never arrived."""
-        key = (origin, stream, target)
-        state = self._state
-        with state.lock:
-            last = state.get(key)
-            state.current[key] = seq
-        if last is not None and seq > last + 1:
-            return seq - last - 1
-        return 0  # first seen, next in line, a restart at 1, or a duplicate
 
     def sweep(self) -> None:
         self._state.sweep()

@@ -12,7 +12,7 @@ import threading
 import time
 from collections import Counter
 
-logger = logging.getLogger("channels_nats")
+logger = logging.getLogger(__name__)
 
 #: Counter names, documented in the README ("Observability").
 COUNTERS = (
@@ -23,7 +23,12 @@ COUNTERS = (
     "dropped_publish_failed",  # a handed-over publish failed after the call returned
     "lost_in_transit",  # frames another process sent that never arrived (seq gap)
     "resent",  # frames this process published again for a receiver that missed them
-    "malformed_frames",  # frames from the wire that could not be decoded
+    "malformed_frames",  # frames or messages from the wire that could not be decoded
+    "unknown_frames",  # well-formed frames of a kind this version does not know
+    "refused_direct",  # direct frames for a channel not of this process
+    "refused_credits",  # credit frames with a count that is not 1..capacity
+    "refused_membership",  # group_add/group_discard requests refused (invalid)
+    "refused_resend",  # resend-protocol frames with wrong types or ranges
     "handler_errors",  # a hub subscription's handler raised (message dropped)
     "refused_channel_full",  # send() raised ChannelFull
     "credit_waits",  # a send found no credit and waited one PING round trip
@@ -64,7 +69,7 @@ class Stats:
         logger.warning(msg, *args)
         if suppressed:
             logger.warning(
-                "channels_nats: %d more %s since the previous warning",
+                "%d more %s since the previous warning",
                 suppressed,
                 name,
             )

@@ -1,11 +1,13 @@
-"""NATS connections of a layer: one :class:`Link` per event loop, and an I/O thread.
+"""One NATS connection of a layer bound to one event loop: :class:`Link`.
 
 A :class:`Link` is one nats-py connection bound to one event loop. Calls from
 a long-lived loop (daphne's, a worker's, a test's) use that loop's own link,
 so the hot path never crosses a thread. Calls from the short-lived loops that
 ``async_to_sync`` makes in plain threads use the link of the layer's
-:class:`IOThread` instead of opening a TCP connection per call; their
-publishes are handed over without waiting (:meth:`Link.publish_threadsafe`).
+:class:`~channels_nats.iothread.IOThread` instead of opening a TCP
+connection per call; their publishes are handed over without waiting
+(:meth:`Link.publish_threadsafe`). The nats-py client itself, and how it
+connects, is :mod:`channels_nats.client`.
 """
 
 from __future__ import annotations
@@ -14,78 +16,33 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
-import math
-import threading
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 import nats
 import nats.errors
-from nats.aio.client import Client
 from nats.aio.subscription import Subscription
 
+from .client import GuardedClient, gather, open_client
 from .config import LayerConfig
-from .exceptions import ConnectionUnavailable, LinkDown, NatsLayerError
+from .exceptions import ConnectionUnavailable, NatsLayerError
 from .outage import LinkHealth
-from .resend import Retained
+from .outbox import Outbox
+from .resend import MIN_RETAIN, Retained
 from .sequence import Sequencer
 from .serializers import HELD, pack_data
 from .stats import Stats
 
-__all__ = ["IOThread", "Link"]
+__all__ = ["Link", "MessageHandler", "SubjectHandler"]
 
-logger = logging.getLogger("channels_nats")
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-#: Seconds a link keeps its frames for resends at least (receivers ask when
-#: they are back from a failover, which takes a moment even with a small
-#: outage_buffer).
-MIN_RETAIN = 5.0
 
 MessageHandler = Callable[[str, bytes, str, "Link"], None]
 #: A handler of one subscription: (subject, data, reply), called from the read loop.
 SubjectHandler = Callable[[str, bytes, str], None]
-
-
-class _GuardedClient(Client):
-    """A nats-py client with inline dispatch and a read loop that survives bad frames.
-
-    Messages of the subscriptions registered in :attr:`direct` are handed to
-    their handler straight from the read loop, in wire order, with no header
-    parsing, no per-subscription queue and no task switch. That keeps a
-    process's direct and group messages in the order the server delivered
-    them (FIFO per sender across ``send`` and ``group_send``) and takes a
-    queue hop off every delivery.
-
-    For other subscriptions (nats-py's request/reply inbox) the client's own
-    path runs, guarded: nats-py 2.16 parses headers inside its read loop, and
-    a header block such as ``NATS/1.0`` without a line ending raises there,
-    killing the read loop silently. Such a frame is counted and dropped.
-    """
-
-    def __init__(self, on_bad_frame: Callable[[bytes, BaseException], None]) -> None:
-        super().__init__()
-        self._on_bad_frame = on_bad_frame
-        self.direct: dict[int, Callable[[str, bytes, str], None]] = {}
-
-    async def _process_msg(
-        self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes
-    ) -> None:
-        handler = self.direct.get(sid)
-        try:
-            if handler is not None:
-                self.stats["in_msgs"] += 1
-                self.stats["in_bytes"] += len(data)
-                handler(subject.decode(), data, reply.decode() if reply else "")
-            else:
-                await super()._process_msg(sid, subject, reply, data, headers)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            self._on_bad_frame(subject, exc)
 
 
 class Link:
@@ -100,13 +57,13 @@ class Link:
         label: str,
         on_message: MessageHandler,
         stats: Stats,
-        stream: int = 0,
+        number: int = 0,
         handlers: Mapping[str, SubjectHandler] | None = None,
         on_reconnected: Callable[[Link], None] | None = None,
     ) -> None:
         self.loop = loop
         #: Number of this connection among the process's, carried in its frames.
-        self.stream = stream
+        self.number = number
         self.sequencer = Sequencer()
         self.label = label
         self._config = config
@@ -120,20 +77,18 @@ class Link:
         )
         self._on_reconnected = on_reconnected
         self._stats = stats
-        self.nc: _GuardedClient | None = None
+        self.nc: GuardedClient | None = None
         self._subs: dict[str, Subscription] = {}
         self.confirmed: set[str] = set()
         self._barrier: asyncio.Future[None] | None = None
-        self._outbox: deque[tuple[str, bytes, str]] = deque()
-        self._outbox_lock = threading.Lock()
-        self._outbox_scheduled = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self.closed = False
-        #: Recent data frames, for receivers that missed some (channels_nats.resend).
+        self.outbox = Outbox(loop, label, self.publish, self.spawn, stats)
+        #: Recent data frames, for receivers that missed some (.resend).
         self.retained = Retained(
             max(config.outage_buffer, MIN_RETAIN), config.pending_size
         )
-        #: Whether the connection carries traffic (see channels_nats.outage).
+        #: Whether the connection carries traffic (see .outage).
         self.health = LinkHealth(
             loop,
             label,
@@ -141,54 +96,37 @@ class Link:
             stats,
             self.barrier,
             self.spawn,
-            recovered=self._stall_ended,
+            recovered=self._reconnected,
             retained=self.retained,
         )
 
     # -- lifecycle -----------------------------------------------------------
 
     async def connect(self) -> None:
-        cfg = self._config
-        nc = _GuardedClient(self._bad_frame)
-        wait = cfg.reconnect_time_wait
-        # nats-py retries a first connect for about two minutes; bound it.
-        attempts = max(1, math.ceil(cfg.connect_timeout / max(wait, 0.05)))
-        options: dict[str, Any] = {
-            "servers": list(cfg.servers),
-            "no_echo": True,
-            "reconnect_time_wait": wait,
-            "max_reconnect_attempts": attempts,
-            "connect_timeout": min(2.0, cfg.connect_timeout),
-            "ping_interval": cfg.ping_interval,
-            "max_outstanding_pings": cfg.max_outstanding_pings,
-            "pending_size": cfg.pending_size,
-            "error_cb": self._error_cb,
-            "disconnected_cb": self._disconnected_cb,
-            "reconnected_cb": self._reconnected_cb,
-            "closed_cb": self._closed_cb,
-        }
-        options.update(cfg.connect_options)
-        options.setdefault("name", f"channels_nats {self.label}")
-        try:
-            await asyncio.wait_for(nc.connect(**options), cfg.connect_timeout)
-        except (asyncio.TimeoutError, OSError, nats.errors.Error) as exc:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(nc.close(), 1.0)
-            raise ConnectionUnavailable(
-                f"No NATS server answered at {', '.join(cfg.servers)} within "
-                f"connect_timeout={cfg.connect_timeout}s ({type(exc).__name__}: "
-                f"{exc}). Start nats-server (with -js for normal channels) or fix "
-                "CONFIG['servers']."
-            ) from exc
-        # Once connected, never give up reconnecting.
-        nc.options["max_reconnect_attempts"] = -1
-        self.nc = nc
+        self.nc = nc = await open_client(
+            self._config,
+            self.label,
+            self._stats,
+            closing=lambda: self.closed,
+            reconnected=self._back,
+            disconnected=lambda: self.health.disconnected(),
+        )
         self._stats.incr("connections_opened")
         logger.info(
-            "channels_nats: %s connected to %s",
+            "%s connected to %s",
             self.label,
             nc.connected_url.netloc if nc.connected_url else "?",
         )
+
+    def _back(self) -> None:
+        self.health.reconnected()
+        self._reconnected()
+
+    def _reconnected(self) -> None:
+        # After a reconnect, and when a stall ends: credits may have been
+        # lost, and receivers may have missed frames (marks go out).
+        if self._on_reconnected is not None and not self.closed:
+            self._on_reconnected(self)
 
     @property
     def usable(self) -> bool:
@@ -214,10 +152,7 @@ class Link:
         if self.closed:
             return
         # Publishes handed over by other threads go out before the close.
-        with self._outbox_lock:
-            queued = list(self._outbox)
-            self._outbox.clear()
-        for subject, payload, reply in queued:
+        for subject, payload, reply in self.outbox.take_all():
             with contextlib.suppress(NatsLayerError):
                 await self.publish(subject, payload, reply)
         # A PING/PONG round trip proves the server has read every publish.
@@ -245,7 +180,7 @@ class Link:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                logger.debug("channels_nats: %s close: %r", self.label, exc)
+                logger.debug("%s close: %r", self.label, exc)
         self._subs.clear()
         self.confirmed.clear()
 
@@ -260,7 +195,7 @@ class Link:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             logger.error(
-                "channels_nats: background task of %s failed",
+                "background task of %s failed",
                 self.label,
                 exc_info=task.exception(),
             )
@@ -283,7 +218,7 @@ class Link:
 
     # -- publishing ----------------------------------------------------------
 
-    def _require_nc(self) -> _GuardedClient:
+    def _require_nc(self) -> GuardedClient:
         nc = self.nc
         if nc is None or nc.is_closed:
             raise ConnectionUnavailable(
@@ -316,15 +251,8 @@ class Link:
         now = time.monotonic()
         held = self.health.held(now)  # raises LinkDown past outage_buffer
         seq = self.sequencer.next(target)
-        frame = pack_data(
-            kind + HELD if held else kind,
-            origin,
-            target,
-            sent_at,
-            body,
-            seq,
-            self.stream,
-        )
+        wire_kind = kind + HELD if held else kind
+        frame = pack_data(wire_kind, origin, target, sent_at, body, seq, self.number)
         try:
             await nc.publish(subject, frame)
         except nats.errors.Error as exc:
@@ -332,18 +260,10 @@ class Link:
             # back, so that no receiver waits for (or is resent) this frame.
             self.sequencer.undo(target, seq)
             if isinstance(exc, nats.errors.OutboundBufferLimitError):
-                raise self._buffer_full(subject) from None
+                raise self.health.buffer_full(subject) from None
             raise NatsLayerError(f"publish to {subject} failed: {exc!r}") from exc
         self.retained.keep(now, kind, target, subject, sent_at, body, seq)
         return seq
-
-    def _buffer_full(self, subject: str) -> LinkDown:
-        self._stats.incr("refused_link_down")
-        return LinkDown(
-            f"the NATS link of {self.label} is down and its outage buffer of "
-            f"pending_size={self._config.pending_size} bytes is full; the message "
-            f"to {subject} was not sent"
-        )
 
     def publish_data_threadsafe(
         self,
@@ -357,69 +277,23 @@ class Link:
         """:meth:`publish_data` from any thread, without waiting for the write."""
         self._require_nc()
         now = time.monotonic()
-        down = self.health.down_since
-        held = False
-        if down is not None:
-            # Checked here, on the caller's thread: no probe from it.
-            if now - down > self.health.limit:
-                self._stats.incr("refused_link_down")
-                raise LinkDown(
-                    f"the NATS link of {self.label} has been down for longer "
-                    f"than outage_buffer={self.health.limit:g}s; nothing was sent"
-                )
-            held = True
-        with self._outbox_lock:
+        held = self.health.held_elsewhere(now)
+        with self.outbox.lock:
             # Number and queue under one lock: queue order is wire order.
             seq = self.sequencer.next(target)
             self.retained.keep(now, kind, target, subject, sent_at, body, seq)
-            if held:
-                kind += HELD
-            frame = pack_data(kind, origin, target, sent_at, body, seq, self.stream)
-            self._enqueue(subject, frame, "")
+            wire_kind = kind + HELD if held else kind
+            frame = pack_data(
+                wire_kind, origin, target, sent_at, body, seq, self.number
+            )
+            self.outbox.put(subject, frame, "")
         return seq
 
     def publish_threadsafe(self, subject: str, payload: bytes, reply: str = "") -> None:
         """Queue a publish from any thread; it goes out in order, unawaited."""
         self._require_nc()
-        with self._outbox_lock:
-            self._enqueue(subject, payload, reply)
-
-    def _enqueue(self, subject: str, payload: bytes, reply: str) -> None:
-        # Called with _outbox_lock held.
-        self._outbox.append((subject, payload, reply))
-        if self._outbox_scheduled:
-            return
-        self._outbox_scheduled = True
-        try:
-            self.loop.call_soon_threadsafe(self._start_outbox)
-        except RuntimeError as exc:
-            self._outbox.pop()
-            self._outbox_scheduled = False
-            raise ConnectionUnavailable(
-                f"the event loop of {self.label} is closed"
-            ) from exc
-
-    def _start_outbox(self) -> None:
-        self.spawn(self._drain_outbox())
-
-    async def _drain_outbox(self) -> None:
-        while True:
-            with self._outbox_lock:
-                if not self._outbox:
-                    self._outbox_scheduled = False
-                    return
-                batch = list(self._outbox)
-                self._outbox.clear()
-            for subject, payload, reply in batch:
-                try:
-                    await self.publish(subject, payload, reply)
-                except NatsLayerError as exc:
-                    self._stats.drop(
-                        "dropped_publish_failed",
-                        "channels_nats: a publish to %s was lost: %s",
-                        subject,
-                        exc,
-                    )
+        with self.outbox.lock:
+            self.outbox.put(subject, payload, reply)
 
     async def barrier(self) -> None:
         """Return once the server has processed everything written before the call.
@@ -462,35 +336,8 @@ class Link:
     async def gather(
         self, subject: str, payload: bytes, timeout: float, expected: int | None
     ) -> list[bytes]:
-        """Publish with a fresh reply subject; collect replies until ``timeout``.
-
-        Returns early with ``expected`` replies. Empty payloads (a "no
-        responders" status arrives as one) are not replies.
-        """
-        nc = self._require_nc()
-        inbox = nc.new_inbox()
-        replies: list[bytes] = []
-        enough = self.loop.create_future()
-
-        def on_reply(_subject: str, data: bytes, _reply: str) -> None:
-            if not data:
-                return
-            replies.append(data)
-            full = expected is not None and len(replies) >= expected
-            if full and not enough.done():
-                enough.set_result(None)
-
-        sub = await nc.subscribe(inbox)
-        nc.direct[sub._id] = on_reply
-        try:
-            await nc.publish(subject, payload, inbox)
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(enough, timeout)
-        finally:
-            nc.direct.pop(sub._id, None)
-            with contextlib.suppress(nats.errors.Error):
-                await sub.unsubscribe()
-        return list(replies)
+        """Publish a request; collect replies until ``timeout`` or ``expected``."""
+        return await gather(self._require_nc(), subject, payload, timeout, expected)
 
     # -- subscriptions -------------------------------------------------------
 
@@ -545,99 +392,3 @@ class Link:
 
     def _dispatch(self, subject: str, data: bytes, reply: str) -> None:
         self._on_message(subject, data, reply, self)
-
-    # -- callbacks -----------------------------------------------------------
-
-    def _bad_frame(self, subject: bytes, exc: BaseException) -> None:
-        self._stats.drop(
-            "malformed_frames",
-            "channels_nats: dropped a malformed NATS frame on %r: %r",
-            subject,
-            exc,
-        )
-
-    async def _error_cb(self, exc: Exception) -> None:
-        if isinstance(exc, nats.errors.SlowConsumerError):
-            self._stats.drop(
-                "dropped_slow_consumer",
-                "channels_nats: NATS client dropped a message on %s: subscription "
-                "over its pending limits (slow consumer)",
-                exc.subject,
-            )
-        elif isinstance(exc, (OSError, nats.errors.Error, asyncio.TimeoutError)):
-            # Connection trouble is reported once per state change by the
-            # callbacks below; each retry is only worth a DEBUG line.
-            logger.debug("channels_nats: %s: %r", self.label, exc)
-        else:
-            logger.warning("channels_nats: %s: %r", self.label, exc)
-
-    async def _disconnected_cb(self) -> None:
-        if not self.closed:
-            self._stats.incr("disconnects")
-            self.health.disconnected()
-            logger.warning("channels_nats: %s disconnected from NATS", self.label)
-
-    async def _reconnected_cb(self) -> None:
-        self._stats.incr("reconnects")
-        self.health.reconnected()
-        nc = self.nc
-        url = nc.connected_url.netloc if nc is not None and nc.connected_url else "?"
-        logger.info("channels_nats: %s reconnected to %s", self.label, url)
-        if self._on_reconnected is not None and not self.closed:
-            self._on_reconnected(self)
-
-    def _stall_ended(self) -> None:
-        # Credits may have been lost or delayed, as across a reconnect.
-        if self._on_reconnected is not None and not self.closed:
-            self._on_reconnected(self)
-
-    async def _closed_cb(self) -> None:
-        logger.info("channels_nats: %s connection closed", self.label)
-
-
-class IOThread:
-    """A daemon thread running an event loop owned by the layer.
-
-    It hosts the link used by short-lived loops, and the process's
-    subscriptions while no long-lived loop of the process holds them, so
-    channels outlive the loops that created them.
-    """
-
-    def __init__(self, name: str) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
-        self._ready.wait()
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        self.loop.call_soon(self._ready.set)
-        try:
-            self.loop.run_forever()
-        finally:
-            try:
-                pending = asyncio.all_tasks(self.loop)
-                for task in pending:
-                    task.cancel()
-                if pending:
-                    self.loop.run_until_complete(
-                        asyncio.gather(*pending, return_exceptions=True)
-                    )
-                self.loop.run_until_complete(self.loop.shutdown_asyncgens())
-            finally:
-                self.loop.close()
-
-    def submit(self, coro: Awaitable[T]) -> concurrent.futures.Future[T]:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop)  # type: ignore[arg-type]
-
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive() and not self.loop.is_closed()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        if self._thread.is_alive():
-            with contextlib.suppress(RuntimeError):
-                self.loop.call_soon_threadsafe(self.loop.stop)
-            if threading.current_thread() is not self._thread:
-                self._thread.join(timeout)
