@@ -11,7 +11,7 @@ import asyncio
 
 import nats
 
-from channels_nats import NatsChannelLayer
+from channels_nats import NatsChannelLayer, NatsLayerError
 from channels_nats.normal.jetstream import consumer_name
 from channels_nats.normal.puller import Puller
 from tests.servers import NatsServer, await_until
@@ -88,3 +88,26 @@ async def test_fetched_message_is_released_when_its_receiver_is_cancelled(
 
     got = await asyncio.wait_for(taker.receive("release-q"), TIMEOUT)
     assert got == {"type": "kept"}
+
+
+async def test_a_watch_whose_watcher_dies_starting_raises_and_the_next_one_works(
+    make_layer,
+) -> None:
+    # The membership watcher runs as a task of the home link; closing the
+    # link cancels it. A waiting watch() used to wait forever for it.
+    layer = make_layer()
+    transport = layer.transport
+    home = await transport.home()
+    watching = asyncio.create_task(transport.normal.watch())
+    for _ in range(5):  # let watch() hand the watcher to the home loop
+        await asyncio.sleep(0)
+    await home.close()
+    try:
+        await asyncio.wait_for(watching, TIMEOUT)
+    except NatsLayerError as exc:
+        assert "watcher" in str(exc) or "bucket" in str(exc)
+    # else: it had read the bucket already; either way it did not hang
+    # A fresh home watches again, and normal channels work.
+    await asyncio.wait_for(transport.normal.watch(), TIMEOUT)
+    await layer.send("watch-q", {"i": 1})
+    assert await asyncio.wait_for(layer.receive("watch-q"), TIMEOUT) == {"i": 1}

@@ -10,20 +10,19 @@ it.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import threading
 from collections import deque
-from collections.abc import Callable
 from typing import Any
 
 import nats.js.errors
 
-from ..exceptions import ChannelFull
+from ..exceptions import ChannelFull, NatsLayerError
 from ..inbox import Entry
 from ..link import Link
 from ..serializers import DIRECT, pack_data
 from ..subjects import token, untoken
-from ..wakeup import fail, wake
 from .context import NormalContext
 from .jetstream import Address, JetStream, retry
 
@@ -38,6 +37,8 @@ class Members:
         self._jetstream = jetstream
         self._lock = threading.Lock()
         self._watching: Link | None = None
+        # Done once the watcher has read the bucket's current values.
+        self._ready: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._forwards: dict[str, deque[tuple[Address, bytes, str]]] = {}
         self._forwarding: set[str] = set()
 
@@ -128,28 +129,49 @@ class Members:
                 await retry(lambda: kv.delete(key), f"removing {key}")
 
     async def watch(self) -> None:
-        """Start following the membership bucket on the home link (once)."""
-        watching = self._watching
-        if watching is not None and watching.usable:
-            return
+        """Follow the membership bucket on the home link; return once it is read.
+
+        Concurrent callers wait for the same start. A start that does not
+        finish within ``max(request_timeout, 5)`` seconds (the watcher died
+        with its link, or JetStream does not answer) raises
+        :class:`NatsLayerError`, and the next call starts afresh.
+        """
+        watching, ready = self._watching, self._ready
+        if (
+            watching is not None
+            and watching.usable
+            and ready.done()
+            and ready.exception() is None
+        ):
+            return  # the common case: watching already
         home = await self._ctx.home()
-        ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         with self._lock:
-            if self._watching is not None and self._watching.usable:
-                return
-            self._watching = home
-
-        def done(exc: BaseException | None) -> None:
-            if exc is None:
-                wake(ready)
+            if (
+                self._watching is not None
+                and self._watching.usable
+                and not (self._ready.done() and self._ready.exception())
+            ):
+                ready, start = self._ready, False  # join the start under way
             else:
-                fail(ready, exc)
-
-        home.loop.call_soon_threadsafe(home.spawn, self._watch_forever(home, done))
-        await ready
+                self._watching = home
+                self._ready = ready = concurrent.futures.Future()
+                start = True
+        if start:
+            home.loop.call_soon_threadsafe(home.spawn, self._watch_forever(home, ready))
+        timeout = max(self._ctx.config.request_timeout, 5.0)
+        try:
+            await asyncio.wait_for(asyncio.wrap_future(ready), timeout)
+        except asyncio.TimeoutError:
+            with self._lock:
+                if self._ready is ready:
+                    self._watching = None
+            raise NatsLayerError(
+                "the membership bucket of normal channels could not be read "
+                f"within {timeout:g}s"
+            ) from None
 
     async def _watch_forever(
-        self, home: Link, started: Callable[[BaseException | None], None]
+        self, home: Link, ready: concurrent.futures.Future[None]
     ) -> None:
         try:
             kv = await self._jetstream.bucket_of(home)
@@ -158,7 +180,13 @@ class Members:
             with self._lock:
                 if self._watching is home:
                     self._watching = None
-            started(exc)
+            if not ready.done():
+                # Never a CancelledError: a future cannot carry one.
+                ready.set_exception(
+                    NatsLayerError(f"the membership watcher stopped: {exc!r}")
+                    if isinstance(exc, asyncio.CancelledError)
+                    else exc
+                )
             raise
         initial = True
         try:
@@ -166,7 +194,8 @@ class Members:
                 if entry is None:  # end of the initial values
                     if initial:
                         initial = False
-                        started(None)
+                        if not ready.done():
+                            ready.set_result(None)
                     continue
                 self._apply(entry)
         finally:
