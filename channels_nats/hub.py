@@ -44,8 +44,14 @@ CLOSE_HOOK_TIMEOUT = 2.0
 class Hub:
     """Subscribe, publish, request and run tasks on a layer's connections."""
 
-    def __init__(self, client_id: str, prefix: str, stats: Stats) -> None:
+    def __init__(
+        self, client_id: str, prefix: str, stats: Stats, node: str | None = None
+    ) -> None:
         self.client_id = client_id
+        #: Names this transport among the process's incarnations of the layer:
+        #: the client id, until a closed layer is used again (its channels
+        #: keep the client id; features such as presence start a new node).
+        self.node = client_id if node is None else node
         self.prefix = prefix
         self.stats = stats
         #: Subject -> guarded handler; the home subscribes each of them.

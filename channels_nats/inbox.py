@@ -256,16 +256,43 @@ class Inbox:
         return total
 
     def close(self) -> None:
-        """Fail every waiting ``get()`` with :class:`LayerClosed`."""
+        """Fail every waiting ``get()`` with :class:`LayerClosed`.
+
+        Buffered messages stay, for the layer's next transport to adopt
+        (:meth:`detach`): closing a layer does not throw away its channels.
+        """
         with self._lock:
             self._closed = LayerClosed("the channel layer was closed")
             waiters = [f for buf in self._buffers.values() for f in buf.waiters]
-            pending = sum(len(buf.items) for buf in self._buffers.values())
-            self._buffers.clear()
-        if pending:
-            self._stats.incr("dropped_flushed", pending)
+            for buf in self._buffers.values():
+                buf.waiters.clear()
         for fut in waiters:
             fail(fut, LayerClosed("the channel layer was closed"))
+
+    def detach(self) -> dict[str, list[Entry]]:
+        """Remove and return the messages of specific channels (after close).
+
+        Normal-channel messages are left out: they were fetched on the closed
+        connection, and JetStream gives them out again.
+        """
+        with self._lock:
+            kept = {
+                channel: list(buf.items)
+                for channel, buf in self._buffers.items()
+                if buf.items and "!" in channel
+            }
+            self._buffers.clear()
+        return kept
+
+    def adopt(self, buffers: dict[str, list[Entry]]) -> None:
+        """Take over the messages a closed inbox detached, ahead of new ones."""
+        with self._lock:
+            for channel, entries in buffers.items():
+                buf = self._buffers.get(channel)
+                if buf is None:
+                    buf = self._buffers[channel] = _Buffer()
+                buf.items.extendleft(reversed(entries))
+                buf.held += sum(1 for entry in entries if entry.held)
 
     def count(self, channel: str) -> int:
         """Unexpired messages buffered for ``channel``."""

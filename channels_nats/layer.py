@@ -77,7 +77,7 @@ class NatsChannelLayer(BaseChannelLayer):  # type: ignore[misc]
                 transport = self._transport
                 if transport is None or transport.closed:
                     transport = self._transport = Transport(
-                        self.config, self.get_capacity
+                        self.config, self.get_capacity, previous=transport
                     )
         return transport
 
@@ -139,8 +139,11 @@ class NatsChannelLayer(BaseChannelLayer):  # type: ignore[misc]
     async def close(self) -> None:
         """Fail waiting receives, drain publishes and close the connections.
 
-        The layer can be used again afterwards; it then starts afresh, with a
-        new client id.
+        The layer can be used again afterwards, with the same client id:
+        channels made before the close, the messages buffered for them and
+        their group memberships are still there (as with channels_redis,
+        whose ``close_pools()`` leaves them in Redis). ``flush()`` is what
+        empties everything.
         """
         transport = self._transport
         if transport is not None:

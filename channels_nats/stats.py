@@ -19,7 +19,7 @@ COUNTERS = (
     "dropped_capacity",  # group message to a full channel buffer
     "dropped_expired",  # message older than ``expiry`` when it was to be received
     "dropped_slow_consumer",  # nats-py dropped a message: subscription over limits
-    "dropped_flushed",  # queued messages discarded by flush() or close()
+    "dropped_flushed",  # queued messages discarded by flush()
     "dropped_publish_failed",  # a handed-over publish failed after the call returned
     "lost_in_transit",  # frames another process sent that never arrived (seq gap)
     "resent",  # frames this process published again for a receiver that missed them

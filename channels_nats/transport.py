@@ -68,15 +68,31 @@ FrameHandler = Callable[[Frame, str, str, Link], None]
 class Transport:
     """One layer instance in one process: its parts and the channel-layer API."""
 
-    def __init__(self, config: LayerConfig, capacity_of: Callable[[str], int]) -> None:
+    def __init__(
+        self,
+        config: LayerConfig,
+        capacity_of: Callable[[str], int],
+        previous: Transport | None = None,
+    ) -> None:
+        """``previous`` is the layer's closed transport, if any: its client id,
+        group memberships and buffered messages carry over, so channels made
+        before a ``close()`` keep working after it."""
         self.config = config
-        self.client_id = client_id = secrets.token_hex(6)
+        self.client_id: str = (
+            secrets.token_hex(6) if previous is None else previous.client_id
+        )
+        client_id = self.client_id
         self.subjects = subjects = Subjects(config.prefix)
         self.serializer = Serializer(config.symmetric_encryption_keys)
         self.stats = stats = Stats()
         self.capacity_of = capacity_of
         self.closed = False
-        self.hub = hub = Hub(client_id, config.prefix, stats)
+        self.hub = hub = Hub(
+            client_id,
+            config.prefix,
+            stats,
+            node=None if previous is None else secrets.token_hex(6),
+        )
         self.recovery = recovery = Recovery(client_id, subjects, hub, stats)
         gaps = recovery.reassembly
         self.specific = specific = SpecificChannels(
@@ -85,7 +101,11 @@ class Transport:
         self.inbox = inbox = specific.inbox
         self.windows = specific.windows
         self.credits = specific.credits
-        self.groups = GroupRegistry(config.group_expiry)
+        self.groups: GroupRegistry = (
+            GroupRegistry(config.group_expiry) if previous is None else previous.groups
+        )
+        if previous is not None:
+            inbox.adopt(previous.inbox.detach())
         self.membership = membership = Membership(
             client_id,
             subjects,
@@ -243,6 +263,8 @@ class Transport:
         if subject is None:
             subject = self._route(channel)
         if not subject:  # a channel of this process: no broker involved
+            # Refused as it would be from any other process.
+            self.check_size(body, channel)
             if not self.inbox.put(channel, Entry(now, body, ""), enforce_capacity=True):
                 self.stats.incr("refused_channel_full")
                 raise ChannelFull(channel)

@@ -334,9 +334,11 @@ async def test_layer_is_usable_again_after_close(make_layer, other):
     first = await layer.new_channel()
     await layer.close()
     second = await layer.new_channel()
-    assert second.split("!")[0] != first.split("!")[0]  # a new client id
+    assert second.split("!")[0] == first.split("!")[0]  # the same client id
     await other.send(second, {"type": "m"})
     assert await recv(layer, second) == {"type": "m"}
+    await other.send(first, {"type": "old"})  # made before the close
+    assert await recv(layer, first) == {"type": "old"}
 
 
 async def test_close_drains_published_messages(layer, make_layer):
@@ -422,3 +424,36 @@ async def test_receive_on_many_channels_at_once_is_fast_enough_to_be_correct(
     got = [(await recv(layer, channel))["i"] for channel in channels]
     assert got == list(range(50))
     assert time.monotonic() - started < RECEIVE_TIMEOUT
+
+
+async def test_close_keeps_channels_their_messages_and_memberships(make_layer):
+    # channels_redis's test_double_receive: close_pools() between calls
+    # leaves the channels and what was sent to them in place.
+    receiver, sender = make_layer(), make_layer()
+    a, b = await receiver.new_channel(), await receiver.new_channel()
+    await receiver.group_add("kept", b)
+    await sender.send(a, {"n": 1})
+    await sender.send(b, {"n": 2})
+    await await_until(lambda: receiver.stats()["buffered"] == 2, timeout=5)
+    client_id = receiver.client_id
+    await receiver.close()
+    assert await recv(receiver, a) == {"n": 1}  # used again: same channels
+    assert receiver.client_id == client_id
+    await sender.send(b, {"n": 3})
+    await sender.group_send("kept", {"n": 4})
+    assert [(await recv(receiver, b))["n"] for _ in range(3)] == [2, 3, 4]
+    # flush() is what empties everything.
+    await sender.send(a, {"n": 5})
+    await await_until(lambda: receiver.stats()["buffered"] == 1, timeout=5)
+    await receiver.flush()
+    assert receiver.stats()["buffered"] == 0
+
+
+async def test_a_local_send_over_max_payload_is_refused_like_a_remote_one(
+    make_layer,
+):
+    layer = make_layer()
+    channel = await layer.new_channel()
+    with pytest.raises(MessageTooLarge):
+        await layer.send(channel, {"blob": b"x" * (2 * 1024 * 1024)})
+    assert layer.stats()["buffered"] == 0

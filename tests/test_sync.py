@@ -168,3 +168,25 @@ def test_no_message_is_lost_while_subscriptions_move(sync_layers):
 
     got = asyncio.run(stream_while_moving())
     assert sorted(got) == list(range(n))
+
+
+def test_double_receive_with_a_close_in_every_call(sync_layers):
+    # channels_redis's test_double_receive, unchanged but for the name of
+    # close_pools(): each async_to_sync call ends by closing the layer.
+    layer = sync_layers()
+    channel_1 = async_to_sync(layer.new_channel)()
+    channel_2 = async_to_sync(layer.new_channel)()
+
+    async def send_and_close():
+        await layer.send(channel_1, {"type": "test.message.1"})
+        await layer.send(channel_2, {"type": "test.message.2"})
+        await layer.close()
+
+    async def receive_and_close(channel):
+        message = await asyncio.wait_for(layer.receive(channel), 5)
+        await layer.close()
+        return message
+
+    async_to_sync(send_and_close)()
+    assert async_to_sync(receive_and_close)(channel_1)["type"] == "test.message.1"
+    assert async_to_sync(receive_and_close)(channel_2)["type"] == "test.message.2"

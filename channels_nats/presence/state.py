@@ -84,7 +84,7 @@ class NodeState:
         self.hub: Any = layer.hub
         self.alias = alias
         self.settings = settings or PresenceSettings()
-        self.node: str = self.hub.client_id
+        self.node: str = self.hub.node
         self.incarnation = _new_incarnation()
         self.subjects = P.Subjects(self.hub.prefix)
         self._clock = clock
