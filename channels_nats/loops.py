@@ -81,6 +81,7 @@ class Links:
         self.by_loop: dict[asyncio.AbstractEventLoop, Link] = {}
         self._connecting: dict[asyncio.AbstractEventLoop, asyncio.Future[Link]] = {}
         self._watchers: dict[asyncio.AbstractEventLoop, AsyncIterator[None]] = {}
+        self._closing_links: set[asyncio.Task[None]] = set()
         self._io: IOThread | None = None
         self._io_link: concurrent.futures.Future[Link] | None = None
         self._moving: concurrent.futures.Future[None] | None = None
@@ -102,7 +103,10 @@ class Links:
             self.by_loop.pop(loop, None)
             self._dropped(link)
             if not link.closed and not loop.is_closed():
-                loop.create_task(link.close())
+                # Referenced until done: asyncio keeps only weak references.
+                task = loop.create_task(link.close())
+                self._closing_links.add(task)
+                task.add_done_callback(self._closing_links.discard)
         if self.closed:
             raise LayerClosed("the layer is closed")
         if is_short_lived(loop):

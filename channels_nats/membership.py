@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import threading
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +34,9 @@ if TYPE_CHECKING:
     from .normal import NormalChannels
 
 __all__ = ["Membership"]
+
+#: Membership requests from other processes answered at the same time, at most.
+MAX_ANSWERING = 1000
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +72,8 @@ class Membership:
         self.gaps = gaps
         self.hub = hub
         self.request_timeout = request_timeout
+        self._answering = 0  # requests from other processes being answered
+        self._answering_lock = threading.Lock()
         self.links: Links  # set by the transport once its links exist
         self.normal: NormalChannels  # likewise
 
@@ -240,8 +246,29 @@ class Membership:
             )
 
     def on_request(self, frame: Frame, subject: str, reply: str, link: Link) -> None:
-        """Handle a GROUP_ADD / GROUP_DISCARD request (dispatch table handler)."""
-        link.spawn(self._answer(frame.kind, frame.args, reply, link))
+        """Handle a GROUP_ADD / GROUP_DISCARD request (dispatch table handler).
+
+        At most :data:`MAX_ANSWERING` are answered at once: a flood of them
+        (a bug or an attack) is refused and counted, not turned into as many
+        tasks.
+        """
+        with self._answering_lock:
+            busy = self._answering >= MAX_ANSWERING
+            if not busy:
+                self._answering += 1
+        if busy:
+            self.stats.drop(
+                "refused_membership",
+                "refused a membership request: %d are being answered already",
+                MAX_ANSWERING,
+            )
+            return
+        task = link.spawn(self._answer(frame.kind, frame.args, reply, link))
+        task.add_done_callback(self._answered)
+
+    def _answered(self, task: object) -> None:
+        with self._answering_lock:
+            self._answering -= 1
 
     async def _answer(
         self, kind: int, args: tuple[Any, ...], reply: str, link: Link

@@ -12,7 +12,6 @@ and ``CREDIT`` frames are :meth:`on_direct` and :meth:`on_credit`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import TYPE_CHECKING
 
 from .config import LayerConfig
@@ -130,8 +129,19 @@ class SpecificChannels:
 
     def send_credit(self, origin: str, channel: str, n: int) -> None:
         frame = pack_control(CREDIT, self.client_id, channel, n)
-        with contextlib.suppress(NatsLayerError):
+        try:
             self.hub.publish(self.subjects.control(origin), frame)
+        except NatsLayerError as exc:
+            # The sender refills its window when its link comes back or
+            # after expiry; until then it may see ChannelFull. Say so.
+            self.stats.drop(
+                "dropped_credits",
+                "could not return %d credit(s) for %s to %s: %s",
+                n,
+                channel,
+                origin,
+                exc,
+            )
 
     async def return_credit(self, origin: str, channel: str, n: int) -> None:
         """Send a due credit frame now, from the receiving loop if it can.

@@ -20,6 +20,7 @@ COUNTERS = (
     "dropped_expired",  # message older than ``expiry`` when it was to be received
     "dropped_slow_consumer",  # nats-py dropped a message: subscription over limits
     "dropped_flushed",  # queued messages discarded by flush()
+    "dropped_credits",  # credits for another process's sends that could not be sent
     "dropped_publish_failed",  # a handed-over publish failed after the call returned
     "lost_in_transit",  # frames another process sent that never arrived (seq gap)
     "resent",  # frames this process published again for a receiver that missed them

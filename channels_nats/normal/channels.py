@@ -40,7 +40,8 @@ class NormalChannels:
         self.members = Members(ctx, self.jetstream)
         self.inbox = ctx.inbox
         self.ack_wait = self.jetstream.ack_wait
-        self._pullers: dict[tuple[int, str], Puller] = {}
+        # Keyed by the link itself: an id() can come back for a new link.
+        self._pullers: dict[tuple[Link, str], Puller] = {}
         # Called on the transport's paths: bound once, no extra frame.
         self.forward = self.members.forward
         self.watch = self.members.watch
@@ -50,7 +51,7 @@ class NormalChannels:
 
     async def puller(self, link: Link, channel: str) -> Puller:
         """The fetcher of ``channel`` on ``link``, bound to its consumer."""
-        key = (id(link), channel)
+        key = (link, channel)
         puller = self._pullers.get(key)
         if puller is not None and puller.link is link and not puller.broken:
             return puller

@@ -113,7 +113,7 @@ class JetStream:
         self.ack_wait = config.redelivery_timeout
         self._lock = threading.Lock()
         self._streams: set[str] = set()
-        self._kv: dict[int, Any] = {}
+        self._kv: dict[Link, Any] = {}  # by the link itself, never its id()
 
     # -- names -------------------------------------------------------------------
 
@@ -239,7 +239,7 @@ class JetStream:
 
     async def bucket_of(self, link: Link) -> Any:
         """The membership key-value bucket, created if needed, as seen by ``link``."""
-        kv = self._kv.get(id(link))
+        kv = self._kv.get(link)
         if kv is not None:
             return kv
         js = self.context(link)
@@ -255,12 +255,12 @@ class JetStream:
             )
 
         kv = await retry(create, f"creating bucket {self.bucket}")
-        self._kv[id(link)] = kv
+        self._kv[link] = kv
         return kv
 
     def forget_link(self, link: Link) -> None:
         with self._lock:
-            self._kv.pop(id(link), None)
+            self._kv.pop(link, None)
 
     # -- housekeeping ------------------------------------------------------------
 

@@ -68,10 +68,25 @@ class Members:
             f"{origin}.{sender_link}.{seq}.{token(group)}.{token(channel)}",
         )
         with self._lock:
-            self._forwards.setdefault(channel, deque()).append(item)
-            if channel in self._forwarding:
-                return
-            self._forwarding.add(channel)
+            queue = self._forwards.setdefault(channel, deque())
+            # A channel's stream holds at most its capacity: while JetStream
+            # is slow or away, more queued forwards would only be refused
+            # later, after holding memory (and a retry) each.
+            full = len(queue) >= self._ctx.capacity_of(channel)
+            if not full:
+                queue.append(item)
+                if channel in self._forwarding:
+                    return
+                self._forwarding.add(channel)
+        if full:
+            self._ctx.stats.drop(
+                "dropped_capacity",
+                "a group message for %s was dropped: %d forwards to it are "
+                "waiting already (its capacity)",
+                channel,
+                len(queue),
+            )
+            return
         try:
             home.loop.call_soon_threadsafe(
                 home.spawn, self._drain_forwards(home, channel)
