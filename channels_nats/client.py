@@ -13,6 +13,7 @@ from typing import Any
 import nats.errors
 from nats.aio.client import Client
 
+from ._compat import set_option, subscription_id
 from .config import LayerConfig
 from .exceptions import ConnectionUnavailable
 from .stats import Stats
@@ -147,7 +148,7 @@ async def open_client(
             "CONFIG['servers']."
         ) from exc
     # Once connected, never give up reconnecting.
-    nc.options["max_reconnect_attempts"] = -1
+    set_option(nc, "max_reconnect_attempts", -1)
     return nc
 
 
@@ -176,13 +177,13 @@ async def gather(
             enough.set_result(None)
 
     sub = await nc.subscribe(inbox)
-    nc.direct[sub._id] = on_reply
+    nc.direct[subscription_id(sub)] = on_reply
     try:
         await nc.publish(subject, payload, inbox)
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(enough, timeout)
     finally:
-        nc.direct.pop(sub._id, None)
+        nc.direct.pop(subscription_id(sub), None)
         with contextlib.suppress(nats.errors.Error):
             await sub.unsubscribe()
     return list(replies)

@@ -24,6 +24,7 @@ import nats
 import nats.errors
 from nats.aio.subscription import Subscription
 
+from ._compat import subscription_id
 from .client import GuardedClient, gather, open_client
 from .config import LayerConfig
 from .exceptions import ConnectionUnavailable, NatsLayerError
@@ -350,7 +351,9 @@ class Link:
         for subject in todo:
             if subject not in self._subs:
                 sub = await nc.subscribe(subject, queue=self._queue)
-                nc.direct[sub._id] = self._handlers.get(subject, self._dispatch)
+                nc.direct[subscription_id(sub)] = self._handlers.get(
+                    subject, self._dispatch
+                )
                 self._subs[subject] = sub
         await self.barrier()
         self.confirmed.update(s for s in todo if s in self._subs)
@@ -378,7 +381,7 @@ class Link:
             self.confirmed.discard(subject)
             if sub is None or nc is None:
                 continue
-            gone.append(sub._id)
+            gone.append(subscription_id(sub))
             if not nc.is_closed:
                 with contextlib.suppress(nats.errors.Error):
                     await sub.unsubscribe()

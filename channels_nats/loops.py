@@ -28,22 +28,16 @@ import logging
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
-from asgiref.sync import AsyncToSync
-
+from ._compat import is_short_lived
 from .config import LayerConfig
 from .exceptions import LayerClosed
 from .iothread import IOThread
 from .link import Link, MessageHandler, SubjectHandler
 from .stats import Stats
 
-__all__ = ["Links", "is_short_lived"]
+__all__ = ["Links"]
 
 logger = logging.getLogger(__name__)
-
-
-def is_short_lived(loop: asyncio.AbstractEventLoop) -> bool:
-    """Whether ``loop`` is one that ``async_to_sync`` made for a single call."""
-    return loop in AsyncToSync.loop_thread_executors
 
 
 class Links:

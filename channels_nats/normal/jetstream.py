@@ -29,6 +29,7 @@ import nats.errors
 import nats.js.errors
 from nats.js import api
 
+from .._compat import server_info
 from ..config import LayerConfig
 from ..exceptions import ChannelFull, NatsLayerError, NormalChannelsUnavailable
 from ..link import Link
@@ -130,7 +131,7 @@ class JetStream:
     def context(self, link: Link) -> Any:
         """The nats-py JetStream context of ``link``."""
         nc = link._require_nc()
-        if not nc._server_info.get("jetstream"):
+        if not server_info(nc).get("jetstream"):
             raise NormalChannelsUnavailable(
                 f"The NATS server at {', '.join(self._config.servers)} has no "
                 "JetStream, which normal channels (names without '!') need. Start "
@@ -267,7 +268,7 @@ class JetStream:
     async def purge_all(self, link: Link) -> None:
         """Purge this prefix's queued messages and normal-channel memberships."""
         nc = link.nc
-        if nc is None or not nc._server_info.get("jetstream"):
+        if nc is None or not server_info(nc).get("jetstream"):
             return
         js = nc.jetstream(timeout=self._config.request_timeout)
         try:

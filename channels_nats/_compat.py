@@ -1,0 +1,89 @@
+"""The private parts of nats-py and asgiref this package relies on, in one place.
+
+Each is checked when the package is imported, so that a release of either
+that changes one fails at once with a message naming it and the versions
+tested, instead of misbehaving later:
+
+- ``nats.aio.client.Client._process_msg(sid, subject, reply, data,
+  headers)``: overridden to dispatch our subscriptions inline from the read
+  loop (``client.GuardedClient``, design notes section 2);
+- ``Client._send_command`` appends to its pending buffer before its first
+  ``await``: publishes issued one after another on a loop go out in the
+  order they were issued, which the sequence numbers rely on;
+- ``Subscription._id``: the sid our inline dispatch table is keyed by;
+- ``Client._server_info``: whether the server has JetStream, before using it;
+- ``Client.options``, written after the first connect (reconnect forever);
+- asgiref's ``AsyncToSync.loop_thread_executors``: recognising the
+  short-lived loops ``async_to_sync`` makes in plain threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from importlib.metadata import version
+from typing import Any
+
+from asgiref.sync import AsyncToSync
+from nats.aio.client import Client
+from nats.aio.subscription import Subscription
+
+__all__ = [
+    "TESTED",
+    "is_short_lived",
+    "server_info",
+    "set_option",
+    "subscription_id",
+]
+
+#: The versions the test suite passes with (the tox matrix tests both ends).
+TESTED = {"nats-py": ("2.9.0", "2.16.0"), "asgiref": ("3.6.0", "3.13.0")}
+
+
+def _fail(package: str, what: str) -> None:
+    low, high = TESTED[package]
+    raise ImportError(
+        f"channels_nats needs {what} from {package}, which the installed "
+        f"{package} {version(package)} does not have; it is tested with "
+        f"{package} {low} to {high}. Install a version in that range."
+    )
+
+
+def _check() -> None:
+    params = list(inspect.signature(Client._process_msg).parameters)
+    if params != ["self", "sid", "subject", "reply", "data", "headers"]:
+        _fail("nats-py", "Client._process_msg(sid, subject, reply, data, headers)")
+    source = inspect.getsource(Client._send_command)
+    append, first_await = source.find("_pending.append"), source.find("await ")
+    if append < 0 or (0 <= first_await < append):
+        _fail("nats-py", "a Client._send_command that buffers before it awaits")
+    if "self._id" not in inspect.getsource(Subscription.__init__):
+        _fail("nats-py", "Subscription._id")
+    init = inspect.getsource(Client.__init__)
+    if "self._server_info" not in init or "self.options" not in init:
+        _fail("nats-py", "Client._server_info and Client.options")
+    if not isinstance(getattr(AsyncToSync, "loop_thread_executors", None), dict):
+        _fail("asgiref", "AsyncToSync.loop_thread_executors")
+
+
+_check()
+
+
+def subscription_id(sub: Subscription) -> int:
+    """The sid nats-py gave ``sub`` (its inline dispatch key)."""
+    return sub._id
+
+
+def server_info(nc: Client) -> dict[str, Any]:
+    """The INFO the server sent on connect."""
+    return nc._server_info
+
+
+def set_option(nc: Client, key: str, value: Any) -> None:
+    """Change a connect option of a connected client (read on reconnect)."""
+    nc.options[key] = value
+
+
+def is_short_lived(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether ``loop`` is one that ``async_to_sync`` made for a plain thread."""
+    return loop in AsyncToSync.loop_thread_executors
