@@ -532,12 +532,18 @@ async def test_inbox_close_makes_waiting_get_raise_layer_closed() -> None:
 
 async def test_inbox_after_close_get_raises_and_put_refuses() -> None:
     probe = InboxProbe()
-    probe.inbox.put("c", entry(b"x"), enforce_capacity=True)
+    probe.inbox.put("s.p!c", entry(b"x"), enforce_capacity=True)
+    probe.inbox.put("queue", entry(b"n"), enforce_capacity=True)
     probe.inbox.close()
-    assert probe.stats.snapshot()["dropped_flushed"] == 1
-    assert probe.inbox.put("c", entry(b"y"), enforce_capacity=False) is False
+    assert probe.inbox.put("s.p!c", entry(b"y"), enforce_capacity=False) is False
     with pytest.raises(LayerClosed):
-        await probe.inbox.get("c")
+        await probe.inbox.get("s.p!c")
+    # A specific channel's messages are kept for the layer's next transport;
+    # a normal channel's go back to JetStream with the closed connection.
+    assert {ch: [e.body for e in es] for ch, es in probe.inbox.detach().items()} == {
+        "s.p!c": [b"x"]
+    }
+    assert probe.stats.snapshot()["dropped_flushed"] == 0
 
 
 async def test_inbox_clear_drops_messages_but_waiters_keep_waiting() -> None:

@@ -29,6 +29,14 @@ from .jetstream import Address, JetStream, retry
 __all__ = ["Members"]
 
 
+def _succeeded(fut: concurrent.futures.Future[None]) -> bool:
+    return fut.done() and not fut.cancelled() and fut.exception() is None
+
+
+def _failed(fut: concurrent.futures.Future[None]) -> bool:
+    return fut.done() and (fut.cancelled() or fut.exception() is not None)
+
+
 class Members:
     """Record, follow and forward to group memberships of normal channels."""
 
@@ -152,19 +160,14 @@ class Members:
         :class:`NatsLayerError`, and the next call starts afresh.
         """
         watching, ready = self._watching, self._ready
-        if (
-            watching is not None
-            and watching.usable
-            and ready.done()
-            and ready.exception() is None
-        ):
+        if watching is not None and watching.usable and _succeeded(ready):
             return  # the common case: watching already
         home = await self._ctx.home()
         with self._lock:
             if (
                 self._watching is not None
                 and self._watching.usable
-                and not (self._ready.done() and self._ready.exception())
+                and not _failed(self._ready)
             ):
                 ready, start = self._ready, False  # join the start under way
             else:
@@ -175,7 +178,9 @@ class Members:
             home.loop.call_soon_threadsafe(home.spawn, self._watch_forever(home, ready))
         timeout = max(self._ctx.config.request_timeout, 5.0)
         try:
-            await asyncio.wait_for(asyncio.wrap_future(ready), timeout)
+            # Shielded: a caller that is cancelled (a receive() given up)
+            # must not cancel the start the others wait for.
+            await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(ready)), timeout)
         except asyncio.TimeoutError:
             with self._lock:
                 if self._ready is ready:
