@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import django
 import msgpack
 import nats
 import pytest
@@ -125,7 +126,10 @@ async def test_signals_fire_once_per_change_with_reasons(trackers: Make) -> None
     }
     for signal, func in receivers.items():
         signal.connect(func)
-    member_joined.connect(async_joined)
+    # Async receivers need Django 5.0+ (README "Presence"); 4.2 has sync only.
+    async_receivers = django.VERSION >= (5, 0)
+    if async_receivers:
+        member_joined.connect(async_joined)
     try:
         await b.sync()
         await a.join("r", "specific.a!1", user="u")
@@ -136,16 +140,16 @@ async def test_signals_fire_once_per_change_with_reasons(trackers: Make) -> None
             return ("offline", "u", "leave") in seen
 
         await await_until(complete, 5, message=f"all signals, got {seen}")
-        assert sorted(seen) == sorted(
-            [
-                ("joined", "u", ""),
-                ("async_joined", "u", ""),
-                ("online", "u", ""),
-                ("updated", "u", ""),
-                ("left", "u", "leave"),
-                ("offline", "u", "leave"),
-            ]
-        )
+        expected = [
+            ("joined", "u", ""),
+            ("online", "u", ""),
+            ("updated", "u", ""),
+            ("left", "u", "leave"),
+            ("offline", "u", "leave"),
+        ]
+        if async_receivers:
+            expected.append(("async_joined", "u", ""))
+        assert sorted(seen) == sorted(expected)
     finally:
         for signal, func in receivers.items():
             signal.disconnect(func)
