@@ -27,6 +27,7 @@ from nats.aio.subscription import Subscription
 
 from .config import LayerConfig
 from .exceptions import ConnectionUnavailable, NatsLayerError
+from .security import fatal_cause
 from .sequence import Sequencer
 from .serializers import pack_data
 from .stats import Stats
@@ -145,8 +146,44 @@ class Link:
         }
         options.update(cfg.connect_options)
         options.setdefault("name", f"channels_nats {self.label}")
+        # nats-py retries a refused secret or certificate like a down server;
+        # give up at the first such refusal, naming it.
+        refused: asyncio.Future[tuple[str, BaseException]] = self.loop.create_future()
+
+        async def first_connect_error_cb(exc: Exception) -> None:
+            cause = fatal_cause(exc)
+            if cause is not None and not refused.done():
+                refused.set_result((cause, exc))
+            await self._error_cb(exc)
+
+        options["error_cb"] = first_connect_error_cb
+        connecting = self.loop.create_task(nc.connect(**options))
+        timed_out = True
         try:
-            await asyncio.wait_for(nc.connect(**options), cfg.connect_timeout)
+            await asyncio.wait(
+                (connecting, refused),
+                timeout=cfg.connect_timeout,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            timed_out = not connecting.done() and not refused.done()
+        finally:
+            if not connecting.done():
+                connecting.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await connecting
+        if refused.done() and not nc.is_connected:
+            cause, err = refused.result()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(nc.close(), 1.0)
+            raise ConnectionUnavailable(
+                f"NATS at {', '.join(cfg.servers)} refused the connection: {cause}. "
+                "Fix the credentials or TLS settings in CONFIG (user/password, "
+                "token, nkeys_seed, user_credentials, tls_*)."
+            ) from err
+        try:
+            if timed_out:
+                raise asyncio.TimeoutError
+            connecting.result()
         except (asyncio.TimeoutError, OSError, nats.errors.Error) as exc:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(nc.close(), 1.0)
