@@ -41,6 +41,7 @@ from .hub import Hub
 from .inbox import Entry, Inbox
 from .links import Links
 from .queues import NormalChannels
+from .sealing import Sealer
 from .sequence import GapDetector
 from .serializers import (
     CREDIT,
@@ -102,7 +103,10 @@ class Transport:
         self._routes: dict[str, str] = {}
         self.closed = False
         self.normal = NormalChannels(self)
-        self.hub = Hub(self.client_id, config.prefix, self.stats)
+        keys = config.symmetric_encryption_keys
+        self.hub = Hub(
+            self.client_id, config.prefix, self.stats, Sealer(keys) if keys else None
+        )
         self.links = Links(
             config,
             self.client_id,
@@ -300,7 +304,7 @@ class Transport:
     def _send_credit(self, origin: str, channel: str, n: int) -> None:
         frame = pack_control(CREDIT, self.client_id, channel, n)
         with contextlib.suppress(NatsLayerError):
-            self.hub.publish(self.subjects.control(origin), frame)
+            self.hub.publish(self.subjects.control(origin), frame, raw=True)
 
     async def _return_credit(self, origin: str, channel: str, n: int) -> None:
         """Send a due credit frame now, from the receiving loop if it can.
@@ -511,7 +515,7 @@ class Transport:
         delay = 0.05
         while True:
             try:
-                answer = await self.hub.request(subject, payload, timeout)
+                answer = await self.hub.request(subject, payload, timeout, raw=True)
                 break
             except NoResponders:
                 # The owner may be reconnecting: its subscriptions come back
