@@ -27,7 +27,7 @@ from nats.aio.subscription import Subscription
 
 from .config import LayerConfig
 from .exceptions import ConnectionUnavailable, NatsLayerError
-from .security import fatal_cause
+from .security import fatal_cause, permission_violation
 from .sequence import Sequencer
 from .serializers import pack_data
 from .stats import Stats
@@ -537,6 +537,15 @@ class Link:
                 "channels_nats: NATS client dropped a message on %s: subscription "
                 "over its pending limits (slow consumer)",
                 exc.subject,
+            )
+        elif (denied := permission_violation(exc)) is not None:
+            # The connection stays up; only this publish or subscription failed.
+            self._stats.drop(
+                "permission_violations",
+                "channels_nats: %s: the NATS server refused %s (check the "
+                "user's publish/subscribe permissions for this prefix)",
+                self.label,
+                denied,
             )
         elif isinstance(exc, (OSError, nats.errors.Error, asyncio.TimeoutError)):
             # Connection trouble is reported once per state change by the

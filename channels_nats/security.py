@@ -13,11 +13,12 @@ names it, instead of retrying until ``connect_timeout``.
 
 from __future__ import annotations
 
+import re
 import ssl
 
 import nats.errors
 
-__all__ = ["TLS_KEYS", "fatal_cause", "ssl_context"]
+__all__ = ["TLS_KEYS", "fatal_cause", "permission_violation", "ssl_context"]
 
 #: CONFIG keys that build the TLS context, in the order ssl_context takes them.
 TLS_KEYS = ("tls_ca_file", "tls_cert_file", "tls_key_file", "tls_key_password")
@@ -30,6 +31,22 @@ _AUTH_ERRORS = (
     "authentication revoked",
     "account authentication expired",
 )
+
+
+# -ERR 'Permissions Violation for Publish to "a.b"' (or Subscription to).
+_PERMISSION_RE = re.compile(
+    r"permissions violation for (publish|subscription) to \"?([^\"']*)", re.I
+)
+
+
+def permission_violation(exc: BaseException) -> str | None:
+    """``'publish to <subject>'`` if ``exc`` is a server permission error."""
+    if not isinstance(exc, nats.errors.Error):
+        return None
+    match = _PERMISSION_RE.search(str(exc))
+    if match is None:
+        return None
+    return f"{match.group(1).lower()} to {match.group(2).strip()}"
 
 
 def ssl_context(

@@ -26,6 +26,7 @@ COUNTERS = (
     "handler_errors",  # a hub subscription's handler raised (message dropped)
     "refused_channel_full",  # send() raised ChannelFull
     "pull_errors",  # failed JetStream pulls and re-binds (the fetcher retries)
+    "permission_violations",  # the server refused a publish or subscribe
     "connections_opened",  # TCP connections to NATS this layer has opened
     "reconnects",
     "disconnects",
