@@ -2,8 +2,8 @@
 
 The configuration is parsed once into a frozen :class:`LayerConfig`. Every
 problem raises :class:`~channels_nats.exceptions.InvalidChannelLayerError`
-naming the key and saying how to fix it; :func:`problems` returns the same
-findings as strings for the Django system checks.
+naming the key and saying how to fix it; :func:`problems` returns every
+such finding as a string, for the Django system checks.
 """
 
 from __future__ import annotations
@@ -302,11 +302,24 @@ def parse_config(config: Mapping[str, Any] | None = None, **kwargs: Any) -> Laye
 
 
 def problems(config: Any) -> list[str]:
-    """Return the configuration problems of ``config`` (empty when valid)."""
+    """Return every configuration problem of ``config`` (empty when valid)."""
     if config is not None and not isinstance(config, Mapping):
         return [f"CONFIG must be a dict, got {type(config).__name__}."]
-    try:
-        parse_config(config)
-    except InvalidChannelLayerError as exc:
-        return [str(exc)]
-    return []
+    raw = dict(config or {})
+    found = []
+    unknown = {key: value for key, value in raw.items() if key not in DEFAULTS}
+    # Each key is checked on its own (the others at their defaults), so one
+    # bad key does not hide the next; then the whole, for checks across keys.
+    parts = [unknown] if unknown else []
+    parts.extend({key: value} for key, value in raw.items() if key in DEFAULTS)
+    for part in parts:
+        try:
+            parse_config(part)
+        except InvalidChannelLayerError as exc:
+            found.append(str(exc))
+    if not found:
+        try:
+            parse_config(raw)
+        except InvalidChannelLayerError as exc:
+            found.append(str(exc))
+    return found

@@ -9,7 +9,8 @@ The tree::
      └── NatsLayerError                   base of the runtime errors of this package
           ├── ConnectionUnavailable      no NATS server answered within
           │                              connect_timeout (also a ConnectionError)
-          ├── LayerClosed                the layer was closed while receive() waited
+          ├── LayerClosed                the layer was closed (while receive()
+          │                              waited, or before a call)
           ├── MessageTooLarge            encoded message over the server's
           │                              max_payload (also a ValueError)
           ├── NoResponders               a request found nobody subscribed to its

@@ -7,7 +7,7 @@ from any loop or thread, send requests and gather replies, keep tasks running
 wherever the process's subscriptions live, and hear when those move, when the
 connection comes back after an outage, and when the layer closes.
 
-Subscriptions made here belong to the *home* link (see :mod:`.links`): they
+Subscriptions made here belong to the *home* link (see :mod:`.loops`): they
 move with it between event loops, and nats-py restores them after a
 reconnect. Their handlers run inline in the NATS read loop of the home's
 event loop, which may be the layer's I/O thread; a handler must not block
@@ -26,13 +26,13 @@ from typing import TYPE_CHECKING, Any
 
 import nats.errors
 
-from .connection import Link, SubjectHandler
 from .exceptions import ConnectionUnavailable, NoResponders, RequestTimeout
+from .link import Link, SubjectHandler
 from .sealing import Sealer, UnsealError
 from .stats import Stats
 
 if TYPE_CHECKING:
-    from .links import Links
+    from .loops import Links
 
 __all__ = ["Hub"]
 
@@ -182,6 +182,14 @@ class Hub:
             payload = self.sealer.seal(payload)
         self._link_for_caller().publish_threadsafe(subject, payload, reply)
 
+    async def publish_confirmed(self, subject: str, payload: bytes) -> None:
+        """Publish, and return once the server has processed the publish.
+
+        Never sealed: only the layer's own broadcast frames use it.
+        """
+        link = await self.links.link()
+        await link.run(_publish_and_sync, link, subject, payload)
+
     async def request(
         self, subject: str, payload: bytes, timeout: float, *, raw: bool = False
     ) -> bytes:
@@ -329,6 +337,11 @@ class Hub:
             self._services.clear()
         for link, task in running:
             _cancel(link, task)
+
+
+async def _publish_and_sync(link: Link, subject: str, payload: bytes) -> None:
+    await link.publish(subject, payload)
+    await link.barrier()
 
 
 def _cancel(link: Link, task: asyncio.Task[None]) -> None:

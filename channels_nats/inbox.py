@@ -83,7 +83,7 @@ class Inbox:
             return
         self._stats.drop(
             "dropped_expired",
-            "channels_nats: dropped %d message(s) for %s older than expiry=%ss",
+            "dropped %d message(s) for %s older than expiry=%ss",
             len(expired),
             channel,
             self._expiry,
@@ -256,6 +256,14 @@ class Inbox:
             count = len(buf.items)
         self._report_expired(channel, expired)
         return count
+
+    def waiting(self, channel: str) -> int:
+        """Receivers waiting on ``channel`` now."""
+        with self._lock:
+            buf = self._buffers.get(channel)
+            if buf is None:
+                return 0
+            return sum(1 for fut in buf.waiters if not fut.done())
 
     def take_all(self, channel: str) -> list[Entry]:
         """Remove and return every buffered message of ``channel``."""

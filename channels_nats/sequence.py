@@ -67,9 +67,9 @@ class GapDetector:
     def __init__(self) -> None:
         self._state: _Generations[tuple[str, int, str]] = _Generations()
 
-    def observe(self, origin: str, stream: int, target: str, seq: int) -> int:
+    def observe(self, origin: str, link: int, target: str, seq: int) -> int:
         """Record ``seq``; return how many frames before it never arrived."""
-        key = (origin, stream, target)
+        key = (origin, link, target)
         state = self._state
         with state.lock:
             last = state.get(key)

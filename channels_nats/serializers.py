@@ -4,13 +4,15 @@ A message body is the msgpack encoding of the message dict, encrypted with
 the first of ``symmetric_encryption_keys`` when keys are configured (any key
 decrypts, so keys can be rotated). Frames on the wire are msgpack arrays:
 
-* data frame ``[1, kind, origin, target, sent_at, body, seq, stream]`` with
+* data frame ``[1, kind, origin, target, sent_at, body, seq, link]`` with
   ``kind`` :data:`DIRECT` (``target`` is a channel) or :data:`GROUP` (a
-  group); ``seq`` numbers the frames of one sender connection (``stream``)
-  per target, so receivers notice frames lost in transit, and names each
-  group message uniquely when processes forward it to a normal channel;
+  group); ``seq`` numbers the frames of one sender connection (``link``,
+  its number within the sending process) per target, so receivers notice
+  frames lost in transit, and names each group message uniquely when
+  processes forward it to a normal channel;
 * control frame ``[1, kind, origin, *args]`` for credits, remote group
-  membership and flush.
+  membership and flush; a frame of another kind (a newer peer's) decodes
+  with its arguments unchecked, and the receiver drops it as unknown.
 
 Anything else is a :class:`MalformedFrame`, counted by the receiver and never
 raised into a consumer.
@@ -73,9 +75,9 @@ def pack_data(
     sent_at: float,
     body: bytes,
     seq: int = 0,
-    stream: int = 0,
+    link: int = 0,
 ) -> bytes:
-    frame = [VERSION, kind, origin, target, sent_at, body, seq, stream]
+    frame = [VERSION, kind, origin, target, sent_at, body, seq, link]
     return msgpack.packb(frame)  # type: ignore[no-any-return]
 
 
@@ -119,10 +121,13 @@ def unpack_frame(data: bytes) -> Frame:
             or not isinstance(args[4], int)
         ):
             raise MalformedFrame("bad data frame")
-    elif _CONTROL_ARITY.get(kind) != len(args) or not all(
-        isinstance(a, (str, int)) for a in args
+    elif kind in _CONTROL_ARITY and (
+        _CONTROL_ARITY[kind] != len(args)
+        or not all(isinstance(a, (str, int)) for a in args)
     ):
         raise MalformedFrame(f"bad control frame of kind {kind!r}")
+    # Any other kind is well-formed but unknown here (a newer peer): the
+    # receiver counts it as such.
     return Frame(kind, origin, args)
 
 

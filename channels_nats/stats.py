@@ -12,7 +12,7 @@ import threading
 import time
 from collections import Counter
 
-logger = logging.getLogger("channels_nats")
+logger = logging.getLogger(__name__)
 
 #: Counter names, documented in the README ("Observability").
 COUNTERS = (
@@ -22,7 +22,11 @@ COUNTERS = (
     "dropped_flushed",  # queued messages discarded by flush() or close()
     "dropped_publish_failed",  # a handed-over publish failed after the call returned
     "lost_in_transit",  # frames another process sent that never arrived (seq gap)
-    "malformed_frames",  # frames from the wire that could not be decoded
+    "malformed_frames",  # frames or messages from the wire that could not be decoded
+    "unknown_frames",  # well-formed frames of a kind this version does not know
+    "refused_direct",  # direct frames for a channel not of this process
+    "refused_credits",  # credit frames with a count that is not 1..capacity
+    "refused_membership",  # group_add/group_discard requests refused (invalid)
     "handler_errors",  # a hub subscription's handler raised (message dropped)
     "refused_channel_full",  # send() raised ChannelFull
     "pull_errors",  # failed JetStream pulls and re-binds (the fetcher retries)
@@ -61,7 +65,7 @@ class Stats:
         logger.warning(msg, *args)
         if suppressed:
             logger.warning(
-                "channels_nats: %d more %s since the previous warning",
+                "%d more %s since the previous warning",
                 suppressed,
                 name,
             )

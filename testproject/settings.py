@@ -39,7 +39,9 @@ INSTALLED_APPS = [
     "channels",
     # ``manage.py check`` validates CHANNEL_LAYERS (channels_nats.E001).
     "channels_nats",
-    # presence: "channels_nats.presence" goes here once it exists.
+    # Presence: the admin page "Presence > Roster", ``manage.py presence``
+    # and its system checks (the API itself needs no app).
+    "channels_nats.presence",
     "testproject.chat",
 ]
 

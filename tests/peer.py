@@ -77,7 +77,7 @@ async def handle(layer: Any, cmd: dict[str, Any]) -> Any:
 
         transport = layer.transport
         link = await transport.link()
-        puller = await transport.normal._puller(link, cmd["channel"])
+        puller = await transport.normal.puller(link, cmd["channel"])
         msgs = await puller.psub.fetch(1, timeout=cmd["timeout"])
         body = unpack_frame(msgs[0].data).args[2]
         return transport.serializer.loads(body)

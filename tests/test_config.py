@@ -207,6 +207,14 @@ def test_problems_of_valid_config_is_empty() -> None:
     assert problems({"servers": "nats://h:1", "prefix": "a.b"}) == []
 
 
+def test_problems_reports_every_bad_key() -> None:
+    found = problems({"capacity": 0, "prefix": "a b", "nope": 1, "expiry": 60})
+    assert len(found) == 3
+    assert "'nope'" in found[0]
+    assert any("capacity" in problem for problem in found)
+    assert any("prefix" in problem for problem in found)
+
+
 def test_problems_of_non_dict_reports_it() -> None:
     found = problems("notadict")  # type: ignore[arg-type]
     assert len(found) == 1

@@ -153,20 +153,20 @@ async def test_group_members_with_the_same_prefix(make_layer):
 
 @pytest.mark.parametrize("kind", ["normal", "specific"])
 async def test_earliest_message_expires_first(make_layer, kind):
-    layer = make_layer(expiry=1)
+    layer = make_layer(expiry=0.2)
     channel = "expiry-q" if kind == "normal" else await layer.new_channel()
     await layer.send(channel, {"type": "message.1"})
-    await asyncio.sleep(1.2)  # the message's age is what is tested
+    await asyncio.sleep(0.3)  # the message's age is what is tested
     await layer.send(channel, {"type": "message.2"})
     assert (await recv(layer, channel))["type"] == "message.2"
 
 
 async def test_group_messages_expire_too(make_layer):
-    layer = make_layer(expiry=1)
+    layer = make_layer(expiry=0.2)
     channel = await layer.new_channel()
     await layer.group_add("expiring", channel)
     await layer.group_send("expiring", {"type": "message.1"})
-    await asyncio.sleep(1.2)
+    await asyncio.sleep(0.3)  # the message's age is what is tested
     await layer.group_send("expiring", {"type": "message.2"})
     assert (await recv(layer, channel))["type"] == "message.2"
 

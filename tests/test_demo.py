@@ -12,6 +12,7 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 import websockets
@@ -36,7 +37,7 @@ def test_both_daphnes_serve_the_lobby(demo: Demo) -> None:
         assert status == 200
         assert "Lobby" in html
         assert f"daphne #{number} :{demo.ports[number - 1]}" in html
-        assert 'id="presence"' in html  # the hook presence will fill
+        assert 'data-presence-count="general"' in html  # live member counts
     log = demo.log()
     assert f"chat on daphne #2:  {demo.urls[1]}/rooms/general/" in log
     assert f"NATS_URL={demo.info['nats_url']} " in log
@@ -176,3 +177,44 @@ def test_check_mode_starts_verifies_and_exits_zero(tmp_path: Path) -> None:
     assert "created users: alice, bob, carol, admin" in log
     assert log.count("serves the lobby, sign-in, admin, static files") == 2
     assert "check passed" in log
+
+
+async def test_presence_state_and_diffs_cross_the_two_daphnes(demo: Demo) -> None:
+    """A join, a status update and a leave on daphne #2 reach a client of
+    daphne #1 as presence diffs, and the lobby's counts follow them."""
+    one, two = demo.urls
+    room = "/ws/rooms/random/"
+    alice = Client(one).login("alice", "demo")
+    bob = Client(two).login("bob", "demo")
+    async with (
+        Client(one).websocket(one, "/ws/lobby/") as lobby,
+        alice.websocket(one, room) as ws_alice,
+    ):
+        await next_of_type(lobby, "presence")
+        state = (await next_of_type(ws_alice, "presence.state"))["state"]
+        assert "bob" not in state
+        (meta,) = state["alice"]["metas"]
+        assert meta["status"] == "online" and meta["server"].startswith("daphne #1")
+
+        async def diff_with(key: str, side: str) -> dict[str, Any]:
+            while True:
+                diff = await next_of_type(ws_alice, "presence.diff")
+                if key in diff[side]:
+                    return diff
+
+        async def lobby_count(n: int) -> None:
+            while (await next_of_type(lobby, "presence"))["counts"]["random"] != n:
+                pass
+
+        async with bob.websocket(two, room) as ws_bob:
+            joined = await diff_with("bob", "joins")
+            (meta,) = joined["joins"]["bob"]["metas"]
+            assert meta["server"].startswith("daphne #2")
+            await lobby_count(2)
+            await ws_bob.send('{"type": "status", "status": "busy"}')
+            updated = await diff_with("bob", "joins")
+            assert updated["leaves"]["bob"]["metas"][0]["status"] == "online"
+            assert updated["joins"]["bob"]["metas"][0]["status"] == "busy"
+        left = await diff_with("bob", "leaves")
+        assert "bob" not in left["joins"]
+        await lobby_count(1)

@@ -36,7 +36,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from channels_nats import NatsChannelLayer
-from channels_nats.connection import _GuardedClient
+from channels_nats.client import GuardedClient
 from channels_nats.presence import protocol as P
 from channels_nats.presence.api import tracker_for
 from channels_nats.serializers import CREDIT, DIRECT, GROUP, pack_control, pack_data
@@ -53,6 +53,7 @@ COUNTED = (
     "presence_malformed",
     "handler_errors",
     "dropped_slow_consumer",
+    "unknown_frames",
 )
 
 
@@ -109,9 +110,9 @@ class Env:
         ]
         # The attacker's own client must survive the broken header blocks it
         # receives back on presence.> (nats-py's read loop alone would not).
-        self.nc = _GuardedClient(lambda subject, exc: None)
+        self.nc = GuardedClient(lambda subject, exc: None)
         await self.nc.connect(url, allow_reconnect=False, error_cb=self._attacker_error)
-        self.responder = _GuardedClient(lambda subject, exc: None)
+        self.responder = GuardedClient(lambda subject, exc: None)
         await self.responder.connect(url, error_cb=self._attacker_error)
         self.replied = 0
 

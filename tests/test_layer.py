@@ -70,7 +70,7 @@ async def test_fifo_per_sender_when_send_and_group_send_mix(layer, other):
 async def test_several_receivers_on_one_channel_each_get_one_message(layer, other):
     channel = await layer.new_channel()
     waiters = [asyncio.create_task(layer.receive(channel)) for _ in range(3)]
-    await asyncio.sleep(0)
+    await await_until(lambda: layer.transport.inbox.waiting(channel) == 3, timeout=3)
     for i in range(3):
         await other.send(channel, {"type": "m", "i": i})
     results = await asyncio.wait_for(asyncio.gather(*waiters), RECEIVE_TIMEOUT)
@@ -321,7 +321,7 @@ async def test_close_wakes_waiting_receive_with_clear_error(make_layer):
     layer = make_layer()
     channel = await layer.new_channel()
     waiter = asyncio.create_task(layer.receive(channel))
-    await asyncio.sleep(0.01)
+    await await_until(lambda: layer.transport.inbox.waiting(channel) == 1, timeout=3)
     await layer.close()
     with pytest.raises(LayerClosed):
         await asyncio.wait_for(waiter, RECEIVE_TIMEOUT)

@@ -87,6 +87,11 @@ def _undecodable_frames() -> list[bytes]:
     return frames
 
 
+def _dropped(stats: dict[str, int]) -> int:
+    """Frames dropped on arrival, whichever counter says why."""
+    return stats["malformed_frames"] + stats["unknown_frames"] + stats["refused_direct"]
+
+
 def _no_errors_logged(caplog: pytest.LogCaptureFixture) -> None:
     bad = [
         r
@@ -137,7 +142,7 @@ async def test_garbage_on_every_subject_is_counted_and_delivery_continues(
     victim, sender = layers(), layers()
     channel = await victim.new_channel()
     await victim.group_add("room", channel)
-    before = victim.stats()["malformed_frames"]
+    before = _dropped(victim.stats())
 
     subjects = _listened_subjects(victim, "room")
     frames = _undecodable_frames()
@@ -156,7 +161,7 @@ async def test_garbage_on_every_subject_is_counted_and_delivery_continues(
 
     at_arrival = len(subjects) * len(frames)
     await await_until(
-        lambda: victim.stats()["malformed_frames"] - before >= at_arrival,
+        lambda: _dropped(victim.stats()) - before >= at_arrival,
         RECEIVE_TIMEOUT,
         message="every undecodable frame counted on arrival",
     )
@@ -172,7 +177,10 @@ async def test_garbage_on_every_subject_is_counted_and_delivery_continues(
     assert await _receive(victim, channel) == {"type": "group"}
 
     stats = victim.stats()
-    assert stats["malformed_frames"] - before >= at_arrival + len(subjects)
+    assert _dropped(stats) - before >= at_arrival + len(subjects)
+    # Each kind of garbage has its own counter.
+    assert stats["unknown_frames"] >= 2 * len(subjects)
+    assert stats["refused_direct"] >= len(subjects)
     assert stats["buffered"] == 0
     _no_errors_logged(caplog)
 
@@ -245,6 +253,13 @@ async def test_group_add_request_with_oversized_group_name_does_not_silence_proc
     assert await _receive(victim, channel) == {"type": "direct"}
     await sender.group_send("room", {"type": "group"})
     assert await _receive(victim, channel) == {"type": "group"}
+    # A refused request is counted as such, not as a malformed frame.
+    await await_until(
+        lambda: victim.stats()["refused_membership"] == 1,
+        RECEIVE_TIMEOUT,
+        message="the oversized request was refused and counted",
+    )
+    assert victim.stats()["malformed_frames"] == 0
 
 
 async def test_spoofed_credit_frames_do_not_block_a_sender(
@@ -256,7 +271,7 @@ async def test_spoofed_credit_frames_do_not_block_a_sender(
     receiver, sender = layers(), layers(capacity=5)
     channel = await receiver.new_channel()
     await sender.send(channel, {"i": 0})  # the sender now holds a window
-    before = sender.stats()["malformed_frames"]
+    before = sender.stats()["refused_credits"]
 
     control = Subjects(sender.prefix).control(sender.client_id)
     nc = await nats.connect(nats_server.url, allow_reconnect=False)
@@ -269,7 +284,7 @@ async def test_spoofed_credit_frames_do_not_block_a_sender(
     # One subscription handles its frames in order: once the last one (a str
     # count, which fails any arithmetic) is counted, both were handled.
     await await_until(
-        lambda: sender.stats()["malformed_frames"] - before >= 1,
+        lambda: sender.stats()["refused_credits"] - before >= 1,
         RECEIVE_TIMEOUT,
         message="the hostile credit frames were handled",
     )
@@ -280,4 +295,5 @@ async def test_spoofed_credit_frames_do_not_block_a_sender(
     for i in range(5):
         assert await _receive(receiver, channel) == {"i": i}
     assert sender.stats()["refused_channel_full"] == 0
-    assert sender.stats()["malformed_frames"] - before >= 2
+    assert sender.stats()["refused_credits"] - before >= 2
+    assert sender.stats()["malformed_frames"] == 0

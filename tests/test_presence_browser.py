@@ -1,8 +1,9 @@
 """The presence admin page in a real browser, served by a WSGI live server.
 
 Headless Chromium (Debian's ``chromium`` and ``chromium-driver``, or
-``CHROMIUM_BINARY`` / ``CHROMEDRIVER``) driven by Selenium. Without them the
-test skips saying what to install, except under ``CI=true``. The page's
+``CHROMIUM_BINARY`` / ``CHROMEDRIVER``) driven by Selenium, from the demo
+browser tests' ``browser_factory``: without them the test skips saying what
+to install, except under ``CI=true``. The page's
 screenshot goes to ``test-artifacts/``; with ``UPDATE_SCREENSHOTS=1`` it also
 replaces ``docs/img/presence-admin.png`` (the README's).
 """
@@ -11,60 +12,28 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
 
+from tests.browser import (  # noqa: F401 (a fixture)
+    ARTIFACTS,
+    browser_factory_fixture,
+    wait_until,
+)
+from tests.demo import ROOT
 from tests.peers import SyncPeer
 from tests.servers import NatsServer
-from tests.test_browser import INSTALL_HINT, _find, _unavailable
 from tests.test_presence_django import SCRIPT, _close_default_layer, layer_settings
 
-ROOT = Path(__file__).resolve().parent.parent
-ARTIFACTS = ROOT / "test-artifacts"
 README_SCREENSHOT = ROOT / "docs" / "img" / "presence-admin.png"
 
 
 @pytest.fixture
-def browser() -> Iterator[Any]:
-    chromium = _find("CHROMIUM_BINARY", "chromium", "chromium-browser")
-    driver = _find("CHROMEDRIVER", "chromedriver")
-    try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-    except ImportError:
-        chromium = None
-    if chromium is None or driver is None:
-        _unavailable(f"no headless browser: {INSTALL_HINT}")
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-dev-shm-usage",
-        "--disable-gpu",
-        "--window-size=1200,1000",
-        "--no-first-run",
-    ):
-        options.add_argument(arg)
-    session = webdriver.Chrome(options=options, service=Service(driver))
-    yield session
-    session.quit()
-
-
-def wait_until(browser: Any, condition: Callable[[Any], Any], what: str) -> Any:
-    from selenium.common.exceptions import TimeoutException
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    try:
-        return WebDriverWait(browser, 10, poll_frequency=0.1).until(condition)
-    except TimeoutException:
-        ARTIFACTS.mkdir(exist_ok=True)
-        browser.save_screenshot(str(ARTIFACTS / "presence-admin-failed.png"))
-        raise AssertionError(f"not within 10s: {what}") from None
+def browser(browser_factory: Callable[..., Any]) -> Any:
+    return browser_factory(1200, 1000)
 
 
 @pytest.mark.slow

@@ -235,7 +235,7 @@ async def test_sigstop_expires_after_ttl_and_sigcont_brings_members_back(
     assert len(await frozen.call("presence_nodes")) == 2
 
 
-async def test_late_process_converges_within_1s_and_graceful_stop_is_immediate(
+async def test_late_process_converges_on_its_first_sync_and_graceful_stop_is_immediate(
     nats_server: NatsServer, prefix: str, peers: Peers
 ) -> None:
     a, b = await started(peers, [nats_server.url], prefix, 2)
@@ -243,10 +243,10 @@ async def test_late_process_converges_within_1s_and_graceful_stop_is_immediate(
     await b.call("presence_join", room="big", session="s.b!1", user="bob")
     await a.call("presence_wait", room="big", connections=201, timeout=5)
     late = await peers.start([nats_server.url], prefix)
-    t0 = time.perf_counter()
     await late.call("presence_node")  # starts the tracker, with its first sync
-    await late.call("presence_wait", room="big", connections=201, timeout=1)
-    assert time.perf_counter() - t0 < 1.0
+    # Everything is there once the first sync is done (no heartbeat waited for).
+    connections, _users = await late.call("presence_count", room="big")
+    assert connections == 201
     await late.call("presence_events", clear=True)
     stopping = time.time()
     await b.stop()
@@ -310,8 +310,8 @@ async def test_ten_thousand_members_reach_a_fresh_process_below_max_payload(
         timing = await fresh.call(
             "presence_timed_sync", room="big", connections=10_000, call_timeout=60
         )
+        # Its duration is measured by the benchmark (bench presence), not here.
         assert timing["ok"]
-        assert timing["sync"] < 1.0, timing
         # Nothing went over max_payload: the server would have closed a connection.
         for peer in (owner, fresh):
             stats = await peer.call("stats")

@@ -8,7 +8,9 @@ from __future__ import annotations
 import pytest
 
 from channels_nats.presence import protocol as P
-from channels_nats.presence.roster import Change, DiffBuffer, Roster
+from channels_nats.presence.diffs import DiffBuffer
+from channels_nats.presence.nodes import Change
+from channels_nats.presence.roster import Roster
 from channels_nats.presence.settings import PresenceSettings
 
 ME, A = "me0000000000", "aaaaaaaaaaaa"

@@ -159,9 +159,7 @@ async def test_a_node_started_later_sees_everything_after_its_first_call(
     for i in range(50):
         await a.join(f"r{i % 5}", f"specific.a!{i}", user=f"u{i}")
     b = trackers()
-    t0 = time.perf_counter()
     assert await b.rooms() == {f"r{i}": 10 for i in range(5)}
-    assert time.perf_counter() - t0 < 1.0
 
 
 async def test_close_says_bye_and_the_others_drop_its_members_at_once(
@@ -389,11 +387,9 @@ async def test_ten_thousand_members_sync_in_chunks_below_max_payload(
         for i in range(10_000):
             await a.join(f"room{i % 10}", f"specific.a!{i}", user=f"user{i}", meta=meta)
         b = trackers(small_payload_server)
-        t0 = time.perf_counter()
+        # How long this takes is the benchmark's business (bench presence).
         await b.sync()
-        took = time.perf_counter() - t0
         assert sum((await b.rooms()).values()) == 10_000
-        assert took < 1.5, f"sync of 10k members took {took:.2f}s"
         await b.sync()  # an up-to-date node fetches nothing
         # Heartbeats of a with 10k members are as large as with none.
         beats = [n for subject, n in frames if subject.endswith(".presence.nodes")]

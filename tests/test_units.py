@@ -561,7 +561,7 @@ def _warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
     return [
         r
         for r in caplog.records
-        if r.name == "channels_nats" and r.levelno == logging.WARNING
+        if r.name.startswith("channels_nats") and r.levelno == logging.WARNING
     ]
 
 

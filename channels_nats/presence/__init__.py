@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from .api import ConsumerPresence, PresenceMixin, get_presence
 from .exceptions import NotJoined, PresenceError, RoomFull
+from .nodes import RoomCount
 from .protocol import Member
-from .roster import RoomCount
 from .settings import PresenceSettings
 from .signals import (
     member_joined,

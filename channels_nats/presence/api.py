@@ -9,7 +9,7 @@ from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
 
-from .roster import RoomCount
+from .nodes import RoomCount
 from .settings import PresenceSettings, parse_presence
 from .tracker import PresenceTracker
 

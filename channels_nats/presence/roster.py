@@ -12,16 +12,18 @@ Per remote node it keeps the incarnation, the last applied sequence number,
 the digest of the copy, and a small reorder buffer: frames published from
 different threads of a node may arrive out of order, so a gap waits
 ``reorder_window`` for the missing frame before a targeted resync.
+
+The indexes it builds on are in :mod:`.index`, the per-node views and the
+change records in :mod:`.nodes`, the coalescing of changes into diffs in
+:mod:`.diffs`.
 """
 
 from __future__ import annotations
 
 import builtins
-import json
-import math
-from collections.abc import Iterator
-from typing import Any, NamedTuple
 
+from .index import MemberIndex
+from .nodes import NEVER, Change, NodeView
 from .protocol import (
     JOIN,
     LEAVE,
@@ -32,193 +34,17 @@ from .protocol import (
     Member,
     Pong,
     Summary,
-    member_hash,
     roster_digest,
 )
-from .settings import PresenceSettings
 
-__all__ = ["Change", "DiffBuffer", "NodeView", "Roster", "RoomCount", "meta_entry"]
+__all__ = ["Roster"]
 
 #: Out-of-order frames buffered per node before giving up and resyncing.
 PENDING_MAX = 10000
-_NEVER = -math.inf
 
 
-class Change(NamedTuple):
-    """One change of the roster: ``join``, ``leave``, ``update``, ``online``
-    (a user's first member anywhere) or ``offline`` (their last one gone)."""
-
-    kind: str
-    member: Member
-    previous: Member | None = None
-    reason: str = ""
-
-
-class RoomCount(NamedTuple):
-    """Connections in a room, and distinct users (an anonymous connection
-    counts as one user)."""
-
-    connections: int
-    users: int
-
-
-class NodeView:
-    """What this process knows about one node (itself included)."""
-
-    __slots__ = (
-        "digest",
-        "fetch_started",
-        "fetching",
-        "gap_since",
-        "host",
-        "inc",
-        "known_seq",
-        "last_probe",
-        "last_seen",
-        "members",
-        "needs_resync",
-        "next_fetch",
-        "node",
-        "pending",
-        "pid",
-        "probe_failures",
-        "probing",
-        "seq",
-        "started",
-    )
-
-    def __init__(self, node: str, inc: int, now: float) -> None:
-        self.node = node
-        self.host = ""
-        self.pid = 0
-        self.started = 0.0
-        self.members: dict[tuple[str, str], Member] = {}
-        self.last_seen = now
-        self.probing = False
-        self.last_probe = _NEVER
-        self.probe_failures = 0
-        self.fetching = False
-        self.fetch_started = 0.0
-        self.next_fetch = _NEVER
-        self.reset(inc)
-
-    def reset(self, inc: int) -> None:
-        """Start over with an empty copy at sequence 0 of incarnation ``inc``."""
-        self.inc = inc
-        self.seq = 0
-        self.known_seq = 0
-        self.digest = 0
-        self.pending: dict[int, Delta] = {}
-        self.gap_since: float | None = None
-        self.needs_resync = False
-
-    @property
-    def state(self) -> str:
-        return "suspect" if self.probe_failures else "alive"
-
-    def summary(self) -> Summary:
-        return Summary(
-            self.node,
-            self.inc,
-            self.seq,
-            self.digest,
-            len(self.members),
-            self.host,
-            self.pid,
-            self.started,
-        )
-
-
-def meta_entry(member: Member) -> dict[str, Any]:
-    """The ``metas`` entry of a member, in Phoenix's shape."""
-    meta: dict[str, Any] = json.loads(member.meta) if member.meta != "{}" else {}
-    meta.update(session=member.session, node=member.node, joined_at=member.joined_at)
-    return meta
-
-
-def _key(member: Member) -> str:
-    """The key a member is listed under: its user, or its session if anonymous."""
-    return member.user if member.user is not None else member.session
-
-
-def _hash(m: Member) -> int:
-    return member_hash(m.room, m.session, m.user, m.meta, m.joined_at)
-
-
-class Roster:
-    """Every member this process knows of, indexed by node, room and user."""
-
-    def __init__(
-        self,
-        node: str,
-        inc: int,
-        settings: PresenceSettings,
-        *,
-        host: str = "",
-        pid: int = 0,
-        started: float = 0.0,
-        now: float = 0.0,
-    ) -> None:
-        self.settings = settings
-        self.local = NodeView(node, inc, now)
-        self.local.host, self.local.pid, self.local.started = host, pid, started
-        self.nodes: dict[str, NodeView] = {}
-        #: room -> (node, session) -> member, over all nodes.
-        self.rooms: dict[str, dict[tuple[str, str], Member]] = {}
-        #: user key -> number of members anywhere.
-        self.users: dict[str, int] = {}
-        #: node -> (incarnation, until): deltas of a node that went down are
-        #: ignored for a while, so a late frame cannot bring back a ghost.
-        self.tombstones: dict[str, tuple[int, float]] = {}
-
-    # -- mutations of the indexes ---------------------------------------------
-
-    def _add(self, nv: NodeView, m: Member, changes: builtins.list[Change]) -> None:
-        nv.members[(m.room, m.session)] = m
-        nv.digest ^= _hash(m)
-        self.rooms.setdefault(m.room, {})[(m.node, m.session)] = m
-        changes.append(Change("join", m))
-        if m.user is not None:
-            n = self.users.get(m.user, 0)
-            self.users[m.user] = n + 1
-            if not n:
-                changes.append(Change("online", m))
-
-    def _remove(
-        self,
-        nv: NodeView,
-        key: tuple[str, str],
-        reason: str,
-        changes: builtins.list[Change],
-    ) -> None:
-        m = nv.members.pop(key)
-        nv.digest ^= _hash(m)
-        room = self.rooms[m.room]
-        del room[(m.node, m.session)]
-        if not room:
-            del self.rooms[m.room]
-        changes.append(Change("leave", m, None, reason))
-        if m.user is not None:
-            n = self.users[m.user] - 1
-            if n:
-                self.users[m.user] = n
-            else:
-                del self.users[m.user]
-                changes.append(Change("offline", m, None, reason))
-
-    def _replace(
-        self, nv: NodeView, old: Member, new: Member, changes: builtins.list[Change]
-    ) -> None:
-        nv.members[(new.room, new.session)] = new
-        nv.digest ^= _hash(old) ^ _hash(new)
-        self.rooms[new.room][(new.node, new.session)] = new
-        changes.append(Change("update", new, old))
-
-    def _drop_members(
-        self, nv: NodeView, reason: str, changes: builtins.list[Change]
-    ) -> None:
-        for key in list(nv.members):
-            self._remove(nv, key, reason, changes)
+class Roster(MemberIndex):
+    """The roster: this node's members, and copies of the others' from the wire."""
 
     # -- this node's own members ----------------------------------------------
 
@@ -278,9 +104,6 @@ class Roster:
 
     def local_rooms_of(self, session: str) -> builtins.list[str]:
         return [room for room, s in self.local.members if s == session]
-
-    def room_size(self, room: str) -> int:
-        return len(self.rooms.get(room, ()))
 
     # -- frames from other nodes ----------------------------------------------
 
@@ -451,26 +274,6 @@ class Roster:
         self._note_seq(nv, s.seq, now)
         return changes
 
-    def drop_node(self, node: str, reason: str, now: float) -> builtins.list[Change]:
-        """Remove a node and all its members (one batch), e.g. after a bye."""
-        changes: builtins.list[Change] = []
-        nv = self.nodes.pop(node, None)
-        if nv is None:
-            return changes
-        self._drop_members(nv, reason, changes)
-        if reason == "node_down":
-            self.tombstones[node] = (nv.inc, now + self.settings.ttl)
-        return changes
-
-    def drop_if(
-        self, node: str, inc: int, reason: str, now: float
-    ) -> builtins.list[Change]:
-        """Drop ``node`` if we know it at incarnation ``inc`` or older (a bye)."""
-        nv = self.nodes.get(node)
-        if nv is None or nv.inc > inc:
-            return []
-        return self.drop_node(node, reason, now)
-
     # -- failure detection and resync ------------------------------------------
 
     def due(self, now: float) -> builtins.list[tuple[str, str]]:
@@ -529,7 +332,7 @@ class Roster:
         elif outcome in ("gone", "timeout"):
             nv.probe_failures += 1
             if nv.probe_failures == 1:
-                nv.last_probe = _NEVER
+                nv.last_probe = NEVER
         return []
 
     def fetch_started(self, node: str, now: float) -> None:
@@ -554,83 +357,3 @@ class Roster:
             nv.last_seen = now
             nv.probe_failures = 0
             nv.last_probe = now
-
-    # -- reads ---------------------------------------------------------------
-
-    def list(self, room: str) -> dict[str, dict[str, builtins.list[dict[str, Any]]]]:
-        """``{key: {"metas": [...]}}`` of a room, metas ordered by joined_at."""
-        out: dict[str, dict[str, builtins.list[dict[str, Any]]]] = {}
-        members = sorted(self.rooms.get(room, {}).values(), key=lambda m: m.joined_at)
-        for m in members:
-            out.setdefault(_key(m), {"metas": []})["metas"].append(meta_entry(m))
-        return out
-
-    def count(self, room: str) -> RoomCount:
-        members = self.rooms.get(room, {})
-        return RoomCount(len(members), len({_key(m) for m in members.values()}))
-
-    def room_counts(self) -> dict[str, int]:
-        return {room: len(members) for room, members in self.rooms.items()}
-
-    def members(self, room: str | None = None) -> Iterator[Member]:
-        if room is not None:
-            yield from self.rooms.get(room, {}).values()
-            return
-        for members in self.rooms.values():
-            yield from members.values()
-
-    def views(self) -> builtins.list[NodeView]:
-        return [self.local, *self.nodes.values()]
-
-
-class DiffBuffer:
-    """Changes of the last window, coalesced into Phoenix ``presence_diff``s.
-
-    For each (room, node, session) it remembers the member as it was when
-    the window opened; at the end of the window it compares that with the
-    roster: absent -> present is a join, present -> absent a leave, a changed
-    member a leave of the old and a join of the new (Phoenix's update), and
-    a member that came and went within the window is nothing at all.
-    """
-
-    def __init__(self) -> None:
-        self.pending: dict[str, dict[tuple[str, str], Member | None]] = {}
-
-    def __bool__(self) -> bool:
-        return bool(self.pending)
-
-    def record(self, change: Change) -> None:
-        m = change.member
-        if change.kind == "join":
-            before = None
-        elif change.kind == "leave":
-            before = m
-        elif change.kind == "update":
-            before = change.previous
-        else:
-            return
-        self.pending.setdefault(m.room, {}).setdefault((m.node, m.session), before)
-
-    def take(self, roster: Roster) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
-        """Return ``(room, joins, leaves)`` per room that changed, and reset."""
-        out = []
-        for room, entries in self.pending.items():
-            current = roster.rooms.get(room, {})
-            joins: dict[str, Any] = {}
-            leaves: dict[str, Any] = {}
-            for key, before in entries.items():
-                after = current.get(key)
-                if before == after:
-                    continue
-                if before is not None:
-                    leaves.setdefault(_key(before), {"metas": []})["metas"].append(
-                        meta_entry(before)
-                    )
-                if after is not None:
-                    joins.setdefault(_key(after), {"metas": []})["metas"].append(
-                        meta_entry(after)
-                    )
-            if joins or leaves:
-                out.append((room, joins, leaves))
-        self.pending.clear()
-        return out

@@ -28,7 +28,7 @@ from typing import Any
 
 from django.dispatch import Signal
 
-from .roster import Change
+from .nodes import Change
 
 __all__ = [
     "member_joined",

@@ -47,7 +47,7 @@ def roster_data(request: HttpRequest) -> tuple[int, dict[str, Any]]:
             node=request.GET.get("node", "")[:100],
         )
     except NatsLayerError as exc:
-        logger.warning("channels_nats.presence: admin data unavailable: %r", exc)
+        logger.warning("admin data unavailable: %r", exc)
         return 503, {"error": f"NATS is unreachable: {exc}", "aliases": aliases}
     data["aliases"] = aliases
     return 200, data

@@ -18,6 +18,11 @@ server to client:
 - ``{"type": "notification", "text": ..., "user": ..., "server": ..., "ts": ...}``
   (from the sync view :func:`testproject.chat.views.notify` or
   ``manage.py notify``);
+- ``{"type": "presence.state", "room": ..., "state": {user: {"metas": [...]}}}``
+  once after ``hello``, then ``{"type": "presence.diff", "room": ..., "joins":
+  {...}, "leaves": {...}}`` (``channels_nats.presence``, Phoenix's shapes;
+  each meta is one open tab: ``status``, ``server``, ``since``, ``session``,
+  ``node``, ``joined_at``);
 - ``{"type": "error", "error": ...}``.
 
 WebSocket close codes: 4401 not signed in, 4404 no such room.
@@ -25,6 +30,7 @@ WebSocket close codes: 4401 not signed in, 4404 no such room.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -32,15 +38,17 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
+from channels_nats.presence import PresenceMixin, get_presence
 from testproject.chat.models import Room, room_group
 
 STATUSES = ("online", "away", "busy")
 MAX_TEXT = 2000
-LOBBY_GROUP = "lobby"
 
 
-class RoomConsumer(AsyncJsonWebsocketConsumer):
+class RoomConsumer(PresenceMixin, AsyncJsonWebsocketConsumer):
     """One WebSocket connection of a signed-in user to a room."""
+
+    presence_diffs = True  # "presence.diff" events of the rooms joined
 
     room: str
     group: str
@@ -69,12 +77,12 @@ class RoomConsumer(AsyncJsonWebsocketConsumer):
                 "server": settings.DEMO_SERVER_NAME,
             }
         )
-        await self.presence_join()
+        await self.join_presence()
 
     async def disconnect(self, code: int) -> None:
         if not hasattr(self, "group"):
             return
-        await self.presence_leave()
+        # PresenceMixin leaves every room before this runs.
         await self.channel_layer.group_discard(self.group, self.channel_name)
 
     async def receive_json(self, content: Any, **kwargs: Any) -> None:
@@ -99,7 +107,7 @@ class RoomConsumer(AsyncJsonWebsocketConsumer):
                     {"type": "error", "error": f"status must be one of {STATUSES}"}
                 )
                 return
-            await self.presence_status(status)
+            await self.set_status(status)
             await self.send_json({"type": "status.ack", "status": status})
         else:
             await self.send_json({"type": "error", "error": f"unknown type {kind!r}"})
@@ -113,40 +121,87 @@ class RoomConsumer(AsyncJsonWebsocketConsumer):
         await self.send_json({**event, "type": "notification"})
 
     # -- presence -----------------------------------------------------------
-    # PRESENCE HOOK (issue 9, second part): channels_nats.presence fills
-    # these in. presence_join tracks this connection in the room (key: the
-    # user, meta: status and server) and sends the current state to the page;
-    # presence_status updates this connection's meta; presence_leave untracks
-    # it. The page renders state and diffs into <ul id="presence">. Until
-    # then they do nothing, and a status change is only acknowledged.
+    # The page keeps its "who's here" list from one presence.state on connect
+    # and the presence.diff events after it (PresenceMixin's default handler
+    # forwards them as they are); it never polls.
 
-    async def presence_join(self) -> None:
-        """Track this connection in the room (hook, no-op for now)."""
+    def presence_user(self) -> str | None:
+        """Key members by username: the page and the admin show it as is."""
+        return str(self.username)
 
-    async def presence_status(self, status: str) -> None:
-        """Record this connection's new status (hook, no-op for now)."""
+    def status_meta(self, status: str) -> dict[str, Any]:
+        # "since" lets the page show the status set last when a user has
+        # several tabs; "server" which daphne holds this connection.
+        return {
+            "status": status,
+            "server": settings.DEMO_SERVER_NAME,
+            "since": time.time(),
+        }
 
-    async def presence_leave(self) -> None:
-        """Stop tracking this connection (hook, no-op for now)."""
+    async def join_presence(self) -> None:
+        """Track this connection in the room and send the current members."""
+        await self.presence.join(self.room, meta=self.status_meta("online"))
+        await self.send_json(
+            {
+                "type": "presence.state",
+                "room": self.room,
+                "state": await self.presence.list(self.room),
+            }
+        )
+
+    async def set_status(self, status: str) -> None:
+        """Replace this connection's metadata: everyone gets a diff."""
+        await self.presence.update(self.room, self.status_meta(status))
 
 
 class LobbyConsumer(AsyncJsonWebsocketConsumer):
-    """The lobby page's connection: will carry live member counts per room.
+    """The lobby page's connection: live member counts per room.
 
-    PRESENCE HOOK (issue 9, second part): with channels_nats.presence this
-    consumer sends ``{"type": "presence", "counts": {slug: n}}`` whenever a
-    room's membership changes; the lobby page already renders such messages
-    into each room's ``[data-presence-count]``. For now it only says hello.
+    It sends ``{"type": "presence", "counts": {slug: users}, "connections":
+    {slug: n}}`` on connect and again after every presence diff of any room
+    (``PresenceTracker.watch``: coalesced, so a burst is one message).
     """
 
     async def connect(self) -> None:
-        await self.channel_layer.group_add(LOBBY_GROUP, self.channel_name)
+        self.tracker = get_presence()
+        self.loop = asyncio.get_running_loop()
+        self.pending = False
+        self.tasks: set[asyncio.Task[None]] = set()
         await self.accept()
         await self.send_json({"type": "hello", "server": settings.DEMO_SERVER_NAME})
+        # The listener runs on the tracker's loop and must not block: it only
+        # asks this consumer's loop to send fresh counts.
+        self.unwatch = self.tracker.watch(self.on_diff)
+        await self.send_counts()
+
+    def on_diff(self, room: str, joins: Any, leaves: Any) -> None:
+        if self.pending or self.loop.is_closed():
+            return
+        self.pending = True
+        self.loop.call_soon_threadsafe(self.schedule_counts)
+
+    def schedule_counts(self) -> None:
+        task = self.loop.create_task(self.send_counts())
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def send_counts(self) -> None:
+        self.pending = False
+        slugs = await database_sync_to_async(
+            lambda: list(Room.objects.values_list("slug", flat=True))
+        )()
+        counts = {slug: await self.tracker.count(slug) for slug in slugs}
+        await self.send_json(
+            {
+                "type": "presence",
+                "counts": {slug: c.users for slug, c in counts.items()},
+                "connections": {slug: c.connections for slug, c in counts.items()},
+            }
+        )
 
     async def disconnect(self, code: int) -> None:
-        await self.channel_layer.group_discard(LOBBY_GROUP, self.channel_name)
-
-    async def presence_counts(self, event: dict[str, Any]) -> None:
-        """Forward room member counts to the page (sent by presence later)."""
-        await self.send_json({"type": "presence", "counts": event["counts"]})
+        unwatch = getattr(self, "unwatch", None)
+        if unwatch is not None:
+            unwatch()
+        for task in list(self.tasks):
+            task.cancel()

@@ -1,9 +1,9 @@
 """Which NATS connection each event loop uses, and where the subscriptions live.
 
-Every long-lived event loop gets its own :class:`~channels_nats.connection.Link`,
+Every long-lived event loop gets its own :class:`~channels_nats.link.Link`,
 so the hot path never crosses a thread. The short-lived loops that
 ``async_to_sync`` makes for one call each (recognised through asgiref's own
-registry) share the link of the layer's :class:`~channels_nats.connection.IOThread`
+registry) share the link of the layer's :class:`~channels_nats.iothread.IOThread`
 instead of connecting per call.
 
 The *home* link holds the process's subscriptions (its process subject, its
@@ -31,13 +31,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from asgiref.sync import AsyncToSync
 
 from .config import LayerConfig
-from .connection import IOThread, Link, MessageHandler, SubjectHandler
-from .exceptions import NatsLayerError
+from .exceptions import LayerClosed
+from .iothread import IOThread
+from .link import Link, MessageHandler, SubjectHandler
 from .stats import Stats
 
 __all__ = ["Links", "is_short_lived"]
 
-logger = logging.getLogger("channels_nats")
+logger = logging.getLogger(__name__)
 
 
 def is_short_lived(loop: asyncio.AbstractEventLoop) -> bool:
@@ -75,7 +76,7 @@ class Links:
         self._rewatch = rewatch
         self._handlers = handlers
         self._reconnected = reconnected
-        self._streams = itertools.count(1)
+        self._numbers = itertools.count(1)
         self._lock = threading.Lock()
         self.by_loop: dict[asyncio.AbstractEventLoop, Link] = {}
         self._connecting: dict[asyncio.AbstractEventLoop, asyncio.Future[Link]] = {}
@@ -103,7 +104,7 @@ class Links:
             if not link.closed and not loop.is_closed():
                 loop.create_task(link.close())
         if self.closed:
-            raise NatsLayerError("the transport is closed")
+            raise LayerClosed("the layer is closed")
         if is_short_lived(loop):
             return await self.io_link()
         fut = self._connecting.get(loop)
@@ -135,7 +136,7 @@ class Links:
             label=f"{self._client_id}/{label}",
             on_message=self._on_message,
             stats=self._stats,
-            stream=next(self._streams),
+            number=next(self._numbers),
             handlers=self._handlers,
             on_reconnected=self._reconnected,
         )
@@ -156,7 +157,7 @@ class Links:
                 return link
         with self._lock:
             if self.closed:
-                raise NatsLayerError("the transport is closed")
+                raise LayerClosed("the layer is closed")
             if self._io is None or not self._io.alive:
                 self._io = IOThread(f"channels_nats-{self._client_id}")
                 self._io_link = None
@@ -199,7 +200,7 @@ class Links:
                     await self._rewatch()
             except Exception:
                 logger.warning(
-                    "channels_nats: could not move subscriptions off a closing "
+                    "could not move subscriptions off a closing "
                     "event loop; messages to this process may be lost until the "
                     "next call",
                     exc_info=True,
@@ -247,7 +248,7 @@ class Links:
                     with contextlib.suppress(Exception):
                         await old.run(old.unsubscribe_all)
                 logger.debug(
-                    "channels_nats: subscriptions of %s now on %s",
+                    "subscriptions of %s now on %s",
                     self._client_id,
                     new.label,
                 )
@@ -291,7 +292,7 @@ class Links:
             try:
                 await asyncio.wait_for(link.run(link.close), 10.0)
             except Exception as exc:
-                logger.debug("channels_nats: closing %s: %r", link.label, exc)
+                logger.debug("closing %s: %r", link.label, exc)
         io, self._io = self._io, None
         if io is not None:
             await asyncio.get_running_loop().run_in_executor(None, io.stop)

@@ -1,0 +1,232 @@
+"""The nats-py client of a :class:`~channels_nats.link.Link`: inline dispatch, a
+read loop that survives bad frames, how it connects, and its event callbacks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from collections.abc import Callable
+from typing import Any
+
+import nats.errors
+from nats.aio.client import Client
+
+from .config import LayerConfig
+from .exceptions import ConnectionUnavailable
+from .security import fatal_cause, permission_violation
+from .stats import Stats
+
+__all__ = ["GuardedClient", "gather", "open_client"]
+
+logger = logging.getLogger(__name__)
+
+
+class GuardedClient(Client):
+    """A nats-py client with inline dispatch and a read loop that survives bad frames.
+
+    Messages of the subscriptions registered in :attr:`direct` are handed to
+    their handler straight from the read loop, in wire order, with no header
+    parsing, no per-subscription queue and no task switch. That keeps a
+    process's direct and group messages in the order the server delivered
+    them (FIFO per sender across ``send`` and ``group_send``) and takes a
+    queue hop off every delivery.
+
+    For other subscriptions (nats-py's request/reply inbox) the client's own
+    path runs, guarded: nats-py 2.16 parses headers inside its read loop, and
+    a header block such as ``NATS/1.0`` without a line ending raises there,
+    killing the read loop silently. Such a frame is counted and dropped.
+    """
+
+    def __init__(self, on_bad_frame: Callable[[bytes, BaseException], None]) -> None:
+        super().__init__()
+        self._on_bad_frame = on_bad_frame
+        self.direct: dict[int, Callable[[str, bytes, str], None]] = {}
+
+    async def _process_msg(
+        self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes
+    ) -> None:
+        handler = self.direct.get(sid)
+        try:
+            if handler is not None:
+                self.stats["in_msgs"] += 1
+                self.stats["in_bytes"] += len(data)
+                handler(subject.decode(), data, reply.decode() if reply else "")
+            else:
+                await super()._process_msg(sid, subject, reply, data, headers)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._on_bad_frame(subject, exc)
+
+
+async def open_client(
+    config: LayerConfig,
+    label: str,
+    stats: Stats,
+    *,
+    closing: Callable[[], bool],
+    reconnected: Callable[[], None],
+) -> GuardedClient:
+    """Connect a client within ``connect_timeout``; reconnect forever after.
+
+    ``closing()`` says whether the link is being closed (a disconnect then is
+    no news); ``reconnected()`` is called after each reconnect.
+    """
+    cfg = config
+
+    def bad_frame(subject: bytes, exc: BaseException) -> None:
+        stats.drop(
+            "malformed_frames",
+            "dropped a malformed NATS frame on %r: %r",
+            subject,
+            exc,
+        )
+
+    async def error_cb(exc: Exception) -> None:
+        if isinstance(exc, nats.errors.SlowConsumerError):
+            stats.drop(
+                "dropped_slow_consumer",
+                "NATS client dropped a message on %s: subscription "
+                "over its pending limits (slow consumer)",
+                exc.subject,
+            )
+        elif (denied := permission_violation(exc)) is not None:
+            # The connection stays up; only this publish or subscription failed.
+            stats.drop(
+                "permission_violations",
+                "%s: the NATS server refused %s (check the user's "
+                "publish/subscribe permissions for this prefix)",
+                label,
+                denied,
+            )
+        elif isinstance(exc, (OSError, nats.errors.Error, asyncio.TimeoutError)):
+            # Connection trouble is reported once per state change by the
+            # callbacks below; each retry is only worth a DEBUG line.
+            logger.debug("%s: %r", label, exc)
+        else:
+            logger.warning("%s: %r", label, exc)
+
+    async def disconnected_cb() -> None:
+        if not closing():
+            stats.incr("disconnects")
+            logger.warning("%s disconnected from NATS", label)
+
+    async def reconnected_cb() -> None:
+        stats.incr("reconnects")
+        url = nc.connected_url.netloc if nc.connected_url else "?"
+        logger.info("%s reconnected to %s", label, url)
+        reconnected()
+
+    async def closed_cb() -> None:
+        logger.info("%s connection closed", label)
+
+    nc = GuardedClient(bad_frame)
+    wait = cfg.reconnect_time_wait
+    # nats-py retries a first connect for about two minutes; bound it.
+    attempts = max(1, math.ceil(cfg.connect_timeout / max(wait, 0.05)))
+    options: dict[str, Any] = {
+        "servers": list(cfg.servers),
+        "no_echo": True,
+        "reconnect_time_wait": wait,
+        "max_reconnect_attempts": attempts,
+        "connect_timeout": min(2.0, cfg.connect_timeout),
+        "ping_interval": cfg.ping_interval,
+        "max_outstanding_pings": cfg.max_outstanding_pings,
+        "pending_size": cfg.pending_size,
+        "error_cb": error_cb,
+        "disconnected_cb": disconnected_cb,
+        "reconnected_cb": reconnected_cb,
+        "closed_cb": closed_cb,
+    }
+    options.update(cfg.connect_options)
+    options.setdefault("name", f"channels_nats {label}")
+    # nats-py retries a refused secret or certificate like a down server;
+    # give up at the first such refusal, naming it.
+    loop = asyncio.get_running_loop()
+    refused: asyncio.Future[tuple[str, BaseException]] = loop.create_future()
+
+    async def first_connect_error_cb(exc: Exception) -> None:
+        cause = fatal_cause(exc)
+        if cause is not None and not refused.done():
+            refused.set_result((cause, exc))
+        await error_cb(exc)
+
+    options["error_cb"] = first_connect_error_cb
+    connecting = loop.create_task(nc.connect(**options))
+    timed_out = True
+    try:
+        await asyncio.wait(
+            (connecting, refused),
+            timeout=cfg.connect_timeout,
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        timed_out = not connecting.done() and not refused.done()
+    finally:
+        if not connecting.done():
+            connecting.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await connecting
+    if refused.done() and not nc.is_connected:
+        cause, err = refused.result()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(nc.close(), 1.0)
+        raise ConnectionUnavailable(
+            f"NATS at {', '.join(cfg.servers)} refused the connection: {cause}. "
+            "Fix the credentials or TLS settings in CONFIG (user/password, "
+            "token, nkeys_seed, user_credentials, tls_*)."
+        ) from err
+    try:
+        if timed_out:
+            raise asyncio.TimeoutError
+        connecting.result()
+    except (asyncio.TimeoutError, OSError, nats.errors.Error) as exc:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(nc.close(), 1.0)
+        raise ConnectionUnavailable(
+            f"No NATS server answered at {', '.join(cfg.servers)} within "
+            f"connect_timeout={cfg.connect_timeout}s ({type(exc).__name__}: "
+            f"{exc}). Start nats-server (with -js for normal channels) or fix "
+            "CONFIG['servers']."
+        ) from exc
+    # Once connected, never give up reconnecting.
+    nc.options["max_reconnect_attempts"] = -1
+    return nc
+
+
+async def gather(
+    nc: GuardedClient,
+    subject: str,
+    payload: bytes,
+    timeout: float,
+    expected: int | None,
+) -> list[bytes]:
+    """Publish with a fresh reply subject; collect replies until ``timeout``.
+
+    Returns early with ``expected`` replies. Empty payloads (a "no
+    responders" status arrives as one) are not replies.
+    """
+    inbox = nc.new_inbox()
+    replies: list[bytes] = []
+    enough = asyncio.get_running_loop().create_future()
+
+    def on_reply(_subject: str, data: bytes, _reply: str) -> None:
+        if not data:
+            return
+        replies.append(data)
+        full = expected is not None and len(replies) >= expected
+        if full and not enough.done():
+            enough.set_result(None)
+
+    sub = await nc.subscribe(inbox)
+    nc.direct[sub._id] = on_reply
+    try:
+        await nc.publish(subject, payload, inbox)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(enough, timeout)
+    finally:
+        nc.direct.pop(sub._id, None)
+        with contextlib.suppress(nats.errors.Error):
+            await sub.unsubscribe()
+    return list(replies)

@@ -1,0 +1,197 @@
+"""Specific channels (``prefix.<client>!<id>``): routes, sizes, credits, arrivals.
+
+A specific channel belongs to the process whose client id its name carries.
+Sends to it go to that process's subject (:meth:`SpecificChannels.route`);
+the receiving process buffers them in its :class:`~.inbox.Inbox` and, as its
+consumers take them, returns credits in batches to the sender's control
+subject (:mod:`.flow`). The hot paths (``Transport.send``/``receive``) use
+the attributes of this object directly; the handlers of incoming ``DIRECT``
+and ``CREDIT`` frames are :meth:`on_direct` and :meth:`on_credit`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import TYPE_CHECKING
+
+from .config import LayerConfig
+from .exceptions import MessageTooLarge, NatsLayerError
+from .flow import CreditBatcher, CreditWindows
+from .hub import Hub
+from .inbox import Entry, Inbox
+from .link import Link
+from .sequence import GapDetector
+from .serializers import CREDIT, DATA_OVERHEAD, Frame, pack_control
+from .stats import Stats
+from .subjects import Subjects, owner_of
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from .loops import Links
+
+__all__ = ["SpecificChannels", "report_lost"]
+
+CREDIT_FLUSH_DELAY = 0.02
+CREDIT_YIELDS = 4
+MAX_ROUTES = 8192
+
+
+def report_lost(stats: Stats, lost: int, origin: str, target: str) -> None:
+    """Count frames from ``origin`` to ``target`` that never arrived."""
+    stats.drop(
+        "lost_in_transit",
+        "%d message(s) from %s to %s never arrived (NATS drops what is "
+        "published while nobody is subscribed, e.g. during a reconnect)",
+        lost,
+        origin,
+        target,
+        n=lost,
+    )
+
+
+class SpecificChannels:
+    """Routing, size checks, credit windows and the buffer of specific channels."""
+
+    def __init__(
+        self,
+        config: LayerConfig,
+        client_id: str,
+        subjects: Subjects,
+        stats: Stats,
+        capacity_of: Callable[[str], int],
+        gaps: GapDetector,
+        hub: Hub,
+    ) -> None:
+        self.client_id = client_id
+        self.subjects = subjects
+        self.stats = stats
+        self.capacity_of = capacity_of
+        self.gaps = gaps
+        self.hub = hub
+        self.credits = CreditBatcher(
+            lambda ch: max(1, capacity_of(ch) // 4),
+            self.send_credit,
+            self._schedule_credit_flush,
+        )
+        self.inbox = Inbox(config.expiry, capacity_of, stats, self.credits.consumed)
+        self.windows = CreditWindows(capacity_of, config.expiry)
+        #: channel -> subject of its process ("" for a channel of this one).
+        self.routes: dict[str, str] = {}
+        self._dot_client_id = "." + client_id
+        self.links: Links  # set by the transport once its links exist
+
+    # -- sending -----------------------------------------------------------------
+
+    def route(self, channel: str) -> str:
+        """Return the subject that reaches ``channel`` ("" if it is ours).
+
+        Cached per channel name (bounded), as senders reply to the same
+        channels over and over.
+        """
+        owner = owner_of(channel)
+        subject = "" if owner == self.client_id else self.subjects.process(owner)
+        routes = self.routes
+        if len(routes) >= MAX_ROUTES:
+            routes.clear()
+        routes[channel] = subject
+        return subject
+
+    def check_size(self, body: bytes, target: str) -> None:
+        """Raise :class:`MessageTooLarge` if a frame of ``body`` cannot be sent."""
+        name = len(target) if target.isascii() else len(target.encode())
+        size = len(body) + name + len(self.client_id) + DATA_OVERHEAD
+        max_payload = self.links.max_payload
+        if size > max_payload:
+            raise MessageTooLarge(
+                f"The encoded message is about {size} bytes; the NATS server "
+                f"accepts at most max_payload={max_payload}. Nothing was sent."
+            )
+
+    async def credit_arrived(self, channel: str) -> bool:
+        """Let credit frames already in the socket in, then take a credit.
+
+        A sender in a tight loop never yields, so its read loop cannot process
+        the credits the receiver has sent back; raising ChannelFull then would
+        report a full channel that has room. A few loop iterations (socket
+        read, then the read loop's dispatch) are enough to see them.
+        """
+        for _ in range(CREDIT_YIELDS):
+            await asyncio.sleep(0)
+            if self.windows.take(channel):
+                return True
+        return False
+
+    # -- returning credits -------------------------------------------------------
+
+    def send_credit(self, origin: str, channel: str, n: int) -> None:
+        frame = pack_control(CREDIT, self.client_id, channel, n)
+        with contextlib.suppress(NatsLayerError):
+            self.hub.publish(self.subjects.control(origin), frame, raw=True)
+
+    async def return_credit(self, origin: str, channel: str, n: int) -> None:
+        """Send a due credit frame now, from the receiving loop if it can.
+
+        A receiver draining a full buffer does not yield, so a frame handed to
+        a task would wait until the buffer is empty and the sender would stall
+        meanwhile. Publishing here and yielding once lets nats-py's flusher
+        write it at once.
+        """
+        link = self.links.by_loop.get(asyncio.get_running_loop())
+        if link is None or not link.usable:
+            self.send_credit(origin, channel, n)
+            return
+        frame = pack_control(CREDIT, self.client_id, channel, n)
+        try:
+            await link.publish(self.subjects.control(origin), frame)
+        except NatsLayerError:
+            return  # the sender refills the window after expiry
+        await asyncio.sleep(0)
+
+    def _schedule_credit_flush(self) -> None:
+        home = self.links.current_home()
+        if home is None:
+            self.credits.flush()
+            return
+        try:
+            home.loop.call_soon_threadsafe(
+                home.loop.call_later, CREDIT_FLUSH_DELAY, self.credits.flush
+            )
+        except RuntimeError:
+            self.credits.flush()
+
+    # -- incoming frames (dispatch table handlers) -------------------------------
+
+    def on_direct(self, frame: Frame, subject: str, reply: str, link: Link) -> None:
+        channel, sent_at, body, seq, link_no = frame.args
+        lost = self.gaps.observe(frame.origin, link_no, channel, seq)
+        if lost:
+            report_lost(self.stats, lost, frame.origin, channel)
+        head = channel.split("!", 1)[0]
+        if head != self.client_id and not head.endswith(self._dot_client_id):
+            self.stats.drop(
+                "refused_direct",
+                "dropped a frame for %s, not a channel of this process",
+                channel,
+            )
+            return
+        self.inbox.put(
+            channel, Entry(sent_at, body, frame.origin), enforce_capacity=False
+        )
+
+    def on_credit(self, frame: Frame, subject: str, reply: str, link: Link) -> None:
+        channel, n = frame.args
+        if (
+            not isinstance(channel, str)
+            or not isinstance(n, int)
+            or not 0 < n <= self.capacity_of(channel)
+        ):
+            self.stats.drop(
+                "refused_credits",
+                "dropped a credit frame with count %r for %r",
+                n,
+                channel,
+            )
+            return
+        self.windows.give_back(channel, n)
