@@ -16,6 +16,7 @@ from nats.aio.client import Client
 from ._compat import set_option, subscription_id
 from .config import LayerConfig
 from .exceptions import ConnectionUnavailable
+from .security import fatal_cause, permission_violation
 from .stats import Stats
 
 __all__ = ["GuardedClient", "gather", "open_client"]
@@ -94,6 +95,15 @@ async def open_client(
                 "over its pending limits (slow consumer)",
                 exc.subject,
             )
+        elif (denied := permission_violation(exc)) is not None:
+            # The connection stays up; only this publish or subscription failed.
+            stats.drop(
+                "permission_violations",
+                "%s: the NATS server refused %s (check the user's "
+                "publish/subscribe permissions for this prefix)",
+                label,
+                denied,
+            )
         elif isinstance(exc, (OSError, nats.errors.Error, asyncio.TimeoutError)):
             # Connection trouble is reported once per state change by the
             # callbacks below; each retry is only worth a DEBUG line.
@@ -136,8 +146,45 @@ async def open_client(
     }
     options.update(cfg.connect_options)
     options.setdefault("name", f"channels_nats {label}")
+    # nats-py retries a refused secret or certificate like a down server;
+    # give up at the first such refusal, naming it.
+    loop = asyncio.get_running_loop()
+    refused: asyncio.Future[tuple[str, BaseException]] = loop.create_future()
+
+    async def first_connect_error_cb(exc: Exception) -> None:
+        cause = fatal_cause(exc)
+        if cause is not None and not refused.done():
+            refused.set_result((cause, exc))
+        await error_cb(exc)
+
+    options["error_cb"] = first_connect_error_cb
+    connecting = loop.create_task(nc.connect(**options))
+    timed_out = True
     try:
-        await asyncio.wait_for(nc.connect(**options), cfg.connect_timeout)
+        await asyncio.wait(
+            (connecting, refused),
+            timeout=cfg.connect_timeout,
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        timed_out = not connecting.done() and not refused.done()
+    finally:
+        if not connecting.done():
+            connecting.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await connecting
+    if refused.done() and not nc.is_connected:
+        cause, err = refused.result()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(nc.close(), 1.0)
+        raise ConnectionUnavailable(
+            f"NATS at {', '.join(cfg.servers)} refused the connection: {cause}. "
+            "Fix the credentials or TLS settings in CONFIG (user/password, "
+            "token, nkeys_seed, user_credentials, tls_*)."
+        ) from err
+    try:
+        if timed_out:
+            raise asyncio.TimeoutError
+        connecting.result()
     except (asyncio.TimeoutError, OSError, nats.errors.Error) as exc:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(nc.close(), 1.0)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .exceptions import InvalidChannelLayerError
+from .security import TLS_KEYS, ssl_context
 
 __all__ = ["DEFAULTS", "LayerConfig", "parse_config", "problems"]
 
@@ -50,6 +51,13 @@ DEFAULTS: dict[str, Any] = {
     "tls_hostname": None,
     "user_credentials": None,
     "nkeys_seed": None,
+    "nkeys_seed_str": None,
+    "inbox_prefix": None,
+    # Strings that build CONFIG['tls'] (channels_nats.security).
+    "tls_ca_file": None,
+    "tls_cert_file": None,
+    "tls_key_file": None,
+    "tls_key_password": None,
 }
 
 #: Keys passed through to ``nats.connect()`` as they are.
@@ -62,6 +70,8 @@ PASSTHROUGH = (
     "tls_hostname",
     "user_credentials",
     "nkeys_seed",
+    "nkeys_seed_str",
+    "inbox_prefix",
 )
 
 
@@ -179,6 +189,38 @@ def _keys(value: Any) -> tuple[bytes, ...]:
     return tuple(keys)
 
 
+def _tls_files(merged: Mapping[str, Any]) -> ssl.SSLContext | None:
+    """Build the TLS context from the ``tls_*`` file keys, if any is set."""
+    given = {key: merged[key] for key in TLS_KEYS if merged[key] is not None}
+    if not given:
+        return None
+    for key, value in given.items():
+        if not isinstance(value, str) or not value:
+            raise InvalidChannelLayerError(
+                f"CONFIG[{key!r}] must be a file path (str), got {value!r}."
+            )
+    if merged["tls"] is not None:
+        raise InvalidChannelLayerError(
+            f"CONFIG['tls'] and {', '.join(map(repr, given))} were both given: "
+            "use either an ssl.SSLContext in 'tls' or the file keys, not both."
+        )
+    if ("tls_key_file" in given or "tls_key_password" in given) and (
+        "tls_cert_file" not in given
+    ):
+        raise InvalidChannelLayerError(
+            "CONFIG['tls_key_file'] needs CONFIG['tls_cert_file'] (the client "
+            "certificate for mutual TLS)."
+        )
+    try:
+        return ssl_context(*(merged[key] for key in TLS_KEYS))
+    except (OSError, ssl.SSLError) as exc:
+        keys = ", ".join(f"CONFIG[{key!r}]={value!r}" for key, value in given.items())
+        raise InvalidChannelLayerError(
+            f"Cannot build the TLS context from {keys}: {exc}. Give readable PEM "
+            "files (a CA bundle; a client certificate and its private key)."
+        ) from exc
+
+
 def parse_config(config: Mapping[str, Any] | None = None, **kwargs: Any) -> LayerConfig:
     """Return the validated :class:`LayerConfig` for ``config`` and ``kwargs``."""
     raw = dict(config or {})
@@ -202,6 +244,7 @@ def parse_config(config: Mapping[str, Any] | None = None, **kwargs: Any) -> Laye
             "CONFIG['tls'] must be an ssl.SSLContext, for example "
             "ssl.create_default_context(cafile=...)."
         )
+    tls_files = _tls_files(merged)
     storage = merged["jetstream_storage"]
     if storage not in ("file", "memory"):
         raise InvalidChannelLayerError(
@@ -216,6 +259,8 @@ def parse_config(config: Mapping[str, Any] | None = None, **kwargs: Any) -> Laye
     connect_options = {
         key: merged[key] for key in PASSTHROUGH if merged[key] is not None
     }
+    if tls_files is not None:
+        connect_options["tls"] = tls_files
     return LayerConfig(
         servers=_servers(merged["servers"]),
         prefix=prefix,

@@ -28,6 +28,7 @@ import nats.errors
 
 from .exceptions import ConnectionUnavailable, NoResponders, RequestTimeout
 from .link import Link, SubjectHandler
+from .sealing import Sealer, UnsealError
 from .stats import Stats
 
 if TYPE_CHECKING:
@@ -45,13 +46,21 @@ class Hub:
     """Subscribe, publish, request and run tasks on a layer's connections."""
 
     def __init__(
-        self, client_id: str, prefix: str, stats: Stats, node: str | None = None
+        self,
+        client_id: str,
+        prefix: str,
+        stats: Stats,
+        sealer: Sealer | None = None,
+        node: str | None = None,
     ) -> None:
         self.client_id = client_id
         #: Names this transport among the process's incarnations of the layer:
         #: the client id, until a closed layer is used again (its channels
         #: keep the client id; features such as presence start a new node).
         self.node = client_id if node is None else node
+        #: Encrypts every payload published and decrypts every one received
+        #: (``symmetric_encryption_keys``); None when the layer has no keys.
+        self.sealer = sealer
         self.prefix = prefix
         self.stats = stats
         #: Subject -> guarded handler; the home subscribes each of them.
@@ -79,8 +88,13 @@ class Hub:
 
     @property
     def max_payload(self) -> int:
-        """The server's ``max_payload`` (known once a connection is open)."""
-        return self.links.max_payload
+        """The largest payload a feature may publish (known once connected).
+
+        The server's ``max_payload``, less the encryption overhead when the
+        payloads are sealed.
+        """
+        limit = self.links.max_payload
+        return limit if self.sealer is None else self.sealer.room(limit)
 
     async def start(self) -> None:
         """Connect and establish the process's subscriptions (idempotent)."""
@@ -123,8 +137,20 @@ class Hub:
 
     def _guard(self, subject: str, handler: SubjectHandler) -> SubjectHandler:
         stats = self.stats
+        sealer = self.sealer
 
         def guarded(subj: str, data: bytes, reply: str) -> None:
+            if sealer is not None:
+                try:
+                    data = sealer.unseal(data)
+                except UnsealError as exc:
+                    stats.drop(
+                        "malformed_frames",
+                        "channels_nats: dropped a frame on %s: %s",
+                        subj,
+                        exc,
+                    )
+                    return
             try:
                 handler(subj, data, reply)
             except Exception as exc:
@@ -153,20 +179,37 @@ class Hub:
             )
         return link
 
-    def publish(self, subject: str, payload: bytes, reply: str = "") -> None:
-        """Publish from any loop or thread without waiting; FIFO per caller."""
+    def publish(
+        self, subject: str, payload: bytes, reply: str = "", *, raw: bool = False
+    ) -> None:
+        """Publish from any loop or thread without waiting; FIFO per caller.
+
+        The payload is sealed when the layer has encryption keys, unless
+        ``raw`` (the layer's own control frames, read by the layer itself).
+        """
+        if self.sealer is not None and not raw:
+            payload = self.sealer.seal(payload)
         self._link_for_caller().publish_threadsafe(subject, payload, reply)
 
     async def publish_confirmed(self, subject: str, payload: bytes) -> None:
-        """Publish, and return once the server has processed the publish."""
+        """Publish, and return once the server has processed the publish.
+
+        Never sealed: only the layer's own broadcast frames use it.
+        """
         link = await self.links.link()
         await link.run(_publish_and_sync, link, subject, payload)
 
-    async def request(self, subject: str, payload: bytes, timeout: float) -> bytes:
-        """Send a request and return the first reply's payload."""
+    async def request(
+        self, subject: str, payload: bytes, timeout: float, *, raw: bool = False
+    ) -> bytes:
+        """Send a request and return the first reply's payload (sealing as publish)."""
         link = await self.links.link()
+        sealer = None if raw else self.sealer
+        if sealer is not None:
+            payload = sealer.seal(payload)
         try:
-            return await link.run(link.request, subject, payload, timeout)
+            reply = await link.run(link.request, subject, payload, timeout)
+            return reply if sealer is None else self._unseal_reply(reply)
         except nats.errors.NoRespondersError as exc:
             raise NoResponders(f"nobody is subscribed to {subject}") from exc
         except nats.errors.TimeoutError as exc:
@@ -186,7 +229,24 @@ class Hub:
         are ignored (that is what a "no responders" status looks like here).
         """
         link = await self.links.link()
-        return await link.run(link.gather, subject, payload, timeout, expected)
+        if self.sealer is None:
+            return await link.run(link.gather, subject, payload, timeout, expected)
+        sealed = self.sealer.seal(payload)
+        replies = await link.run(link.gather, subject, sealed, timeout, expected)
+        return [r for r in map(self._unseal_reply, replies) if r]
+
+    def _unseal_reply(self, reply: bytes) -> bytes:
+        # An undecryptable reply counts as malformed and reads as no reply.
+        assert self.sealer is not None
+        if not reply:
+            return reply
+        try:
+            return self.sealer.unseal(reply)
+        except UnsealError as exc:
+            self.stats.drop(
+                "malformed_frames", "channels_nats: dropped a reply: %s", exc
+            )
+            return b""
 
     # -- tasks ----------------------------------------------------------------
 

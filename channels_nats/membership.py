@@ -219,7 +219,7 @@ class Membership:
         delay = 0.05
         while True:
             try:
-                answer = await self.hub.request(subject, payload, timeout)
+                answer = await self.hub.request(subject, payload, timeout, raw=True)
                 break
             except NoResponders:
                 # The owner may be reconnecting: its subscriptions come back

@@ -212,6 +212,6 @@ class Recovery:
 
     def _publish(self, subject: str, frame: bytes) -> None:
         try:
-            self.hub.publish(subject, frame)
+            self.hub.publish(subject, frame, raw=True)  # read by the layer itself
         except NatsLayerError as exc:
             logger.debug("could not publish a recovery frame to %s: %r", subject, exc)

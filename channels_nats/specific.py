@@ -130,7 +130,7 @@ class SpecificChannels:
     def send_credit(self, origin: str, channel: str, n: int) -> None:
         frame = pack_control(CREDIT, self.client_id, channel, n)
         try:
-            self.hub.publish(self.subjects.control(origin), frame)
+            self.hub.publish(self.subjects.control(origin), frame, raw=True)
         except NatsLayerError as exc:
             # The sender refills its window when its link comes back or
             # after expiry; until then it may see ChannelFull. Say so.

@@ -36,6 +36,7 @@ COUNTERS = (
     "refused_link_down",  # send()/group_send() raised LinkDown (outage too long)
     "stalls",  # a link's liveness PING went unanswered (frozen server or network)
     "pull_errors",  # failed JetStream pulls and re-binds (the fetcher retries)
+    "permission_violations",  # the server refused a publish or subscribe
     "connections_opened",  # TCP connections to NATS this layer has opened
     "reconnects",
     "disconnects",

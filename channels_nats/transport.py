@@ -35,6 +35,7 @@ from .loops import Links
 from .membership import Membership
 from .normal import NormalChannels, NormalContext
 from .recovery import Recovery
+from .sealing import Sealer
 from .serializers import (
     CREDIT,
     DIRECT,
@@ -87,10 +88,12 @@ class Transport:
         self.stats = stats = Stats()
         self.capacity_of = capacity_of
         self.closed = False
+        keys = config.symmetric_encryption_keys
         self.hub = hub = Hub(
             client_id,
             config.prefix,
             stats,
+            Sealer(keys) if keys else None,
             node=None if previous is None else secrets.token_hex(6),
         )
         self.recovery = recovery = Recovery(client_id, subjects, hub, stats)
