@@ -179,8 +179,14 @@ class Reassembly:
         lost: Callable[[str, str, int], None],
         wait: float,
         max_gap: int = MAX_FRAMES,
+        max_missing: int = MAX_FRAMES,
     ) -> None:
+        #: Frames one gap, and all open gaps together, may wait for: beyond
+        #: that they are counted lost at once (no sender keeps more, and a
+        #: hostile frame cannot make us allocate or ask for more).
         self.max_gap = max_gap
+        self.max_missing = max_missing
+        self._missing = 0
         self._ask = ask
         self._deliver = deliver
         self._lost = lost
@@ -226,7 +232,7 @@ class Reassembly:
                     # duplicate. Resent frames come through resent().
                     self._current[key] = seq
                     return True
-                if seq - last - 1 > self.max_gap:
+                if not self._room(seq - last - 1):
                     # More than any sender keeps: count it, do not ask.
                     self._current[key] = seq
                     too_wide = seq - last - 1
@@ -234,13 +240,15 @@ class Reassembly:
                     gap = self._gaps[key] = _Gap(
                         last + 1, seq - 1, time.monotonic() + self.wait
                     )
+                    self._missing += seq - last - 1
                     ask = (origin, stream, target, last + 1, seq - 1)
             elif seq <= gap.high:
                 return self._refill(key, gap, seq, item)
-            elif seq - gap.high - 1 > self.max_gap:
+            elif not self._room(seq - gap.high - 1):
                 too_wide = seq - gap.high - 1
             elif seq > gap.high + 1:
                 gap.missing.update(range(gap.high + 1, seq))
+                self._missing += seq - gap.high - 1
                 ask = (origin, stream, target, gap.high + 1, seq - 1)
             if gap is not None:
                 gap.high = seq
@@ -272,6 +280,7 @@ class Reassembly:
             self.duplicates += 1
             return False
         gap.missing.discard(seq)
+        self._missing -= 1
         gap.filled[seq] = item
         if not gap.missing:
             self._release(key, gap)
@@ -290,6 +299,7 @@ class Reassembly:
             if not given_up:
                 return
             gap.missing -= given_up
+            self._missing -= len(given_up)
             if not gap.missing:
                 self._release(key, gap)
         self._lost(origin, target, len(given_up))
@@ -299,21 +309,28 @@ class Reassembly:
         key = (origin, stream, target)
         with self._lock:
             last = self._last(key)
-            if last is None or seq <= last or seq - last > self.max_gap:
-                return  # nothing missing, a sender we never heard from, or junk
+            if last is None or seq <= last:
+                return  # nothing missing, or a sender we never heard from
             gap = self._gaps.get(key)
             if gap is not None:
-                if seq <= gap.high or seq - gap.high > self.max_gap:
+                if seq <= gap.high or not self._room(seq - gap.high):
                     return
                 first = gap.high + 1
                 gap.missing.update(range(first, seq + 1))
                 gap.high = seq
             else:
+                if not self._room(seq - last):
+                    return  # junk, or more than we could wait for
                 first = last + 1
                 gap = _Gap(first, seq, time.monotonic() + self.wait)
                 self._gaps[key] = gap
+            self._missing += seq - first + 1
             self._current[key] = seq
         self._ask(origin, stream, target, first, seq)
+
+    def _room(self, width: int) -> bool:
+        # Lock held.
+        return width <= self.max_gap and self._missing + width <= self.max_missing
 
     def _release(self, key: Key, gap: _Gap) -> None:
         # Lock held: deliver what the gap holds, in number order.
@@ -332,6 +349,7 @@ class Reassembly:
             for key, gap in list(self._gaps.items()):
                 if gap.deadline <= now:
                     reports.append((key, len(gap.missing)))
+                    self._missing -= len(gap.missing)
                     gap.missing.clear()
                     self._release(key, gap)
         for (origin, _, target), n in reports:

@@ -159,3 +159,18 @@ def test_a_jump_wider_than_any_sender_keeps_is_counted_not_asked() -> None:
     assert rx.asked == [] and rx.lost == [("o", "t", 98)]
     rx.r.mark("o", 0, "t", 10**9)  # a hostile mark asks nothing either
     assert rx.asked == [] and rx.r.open_gaps == 0
+
+
+def test_all_open_gaps_together_wait_for_a_bounded_number_of_frames() -> None:
+    rx = Receiver()
+    rx.r.max_missing = 10
+    for origin in ("a", "b", "c"):
+        rx.live(1, origin=origin)
+    rx.live(6, origin="a")  # 4 missing: waits
+    rx.live(6, origin="b")  # 4 more: waits (8 of 10)
+    rx.live(6, origin="c")  # 4 more would be 12: counted at once instead
+    assert rx.asked == [("a", 0, "t", 2, 5), ("b", 0, "t", 2, 5)]
+    assert rx.lost == [("c", "t", 4)] and rx.delivered[-1] == 6
+    for seq in range(2, 6):
+        rx.r.resent("a", 0, "t", seq, seq)
+    assert rx.r._missing == 4  # a's gap closed and gave its share back

@@ -260,9 +260,13 @@ class NatsServer:
         return self.start()
 
     def close(self) -> None:
-        """Stop the server and delete its work directory if we created it."""
+        """Stop the server and delete its work directory if we created it.
+
+        With ``NATS_KEEP_LOGS=1`` in the environment the directory (and the
+        server's logs in it) stays, for a post-mortem.
+        """
         self.stop()
-        if self._own_workdir:
+        if self._own_workdir and not os.environ.get("NATS_KEEP_LOGS"):
             shutil.rmtree(self.workdir, ignore_errors=True)
 
     def __enter__(self) -> NatsServer:
