@@ -36,7 +36,6 @@ def browser(browser_factory: Callable[..., Any]) -> Any:
     return browser_factory(1200, 1000)
 
 
-@pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_admin_page_updates_live_without_reload(
     settings: Any, live_server: Any, browser: Any, nats_server: NatsServer, prefix: str
