@@ -76,6 +76,8 @@ class Housekeeping:
             home = self.links.current_home()
             if home is not None and emptied:
                 await home.unsubscribe_many(self.subjects.group(g) for g in emptied)
+            for group in emptied:
+                self.gaps.forget(group)
 
     async def flush(self) -> None:
         await self.hub.publish_confirmed(
@@ -104,3 +106,5 @@ class Housekeeping:
 
             with contextlib.suppress(Exception):
                 await home.run(unsubscribe)
+        for group in emptied:
+            self.gaps.forget(group)

@@ -205,6 +205,7 @@ class Membership:
         async def unsubscribe() -> None:
             if not self.groups.has_members(group):
                 await home.unsubscribe(subject)
+                self.gaps.forget(group)
 
         with contextlib.suppress(RuntimeError):
             home.loop.call_soon_threadsafe(home.spawn, unsubscribe())

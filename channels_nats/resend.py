@@ -356,6 +356,20 @@ class Reassembly:
             self._lost(origin, target, n)
         return sum(n for _, n in reports)
 
+    def forget(self, target: str) -> None:
+        """Forget every sender's numbers for ``target`` (a group we left).
+
+        Frames published while nobody here was subscribed were not meant for
+        this process; without this, joining the group again would look like
+        a gap and have them resent to members that joined after them.
+        """
+        with self._lock:
+            for table in (self._current, self._previous):
+                for key in [k for k in table if k[2] == target]:
+                    del table[key]
+            for key in [k for k in self._gaps if k[2] == target]:
+                self._missing -= len(self._gaps.pop(key).missing)
+
     @property
     def open_gaps(self) -> int:
         return len(self._gaps)

@@ -15,6 +15,7 @@ import time
 from channels_nats import NatsChannelLayer
 from channels_nats.serializers import DIRECT, GROUP
 from tests.layers import LayerFactory
+from tests.servers import await_until
 
 RECEIVE_TIMEOUT = 5.0
 
@@ -108,3 +109,29 @@ async def test_what_the_sender_no_longer_has_is_counted_and_the_rest_flows(
     assert await receive_n(receiver, channel, 1) == ["3"]
     assert receiver.stats()["lost_in_transit"] == 1
     assert sender.stats()["resent"] == 0
+
+
+async def test_rejoining_a_group_does_not_ask_for_what_was_sent_while_away(
+    make_layer: LayerFactory,
+) -> None:
+    receiver, sender = make_layer(), make_layer()
+    channel = await receiver.new_channel()
+    await receiver.group_add("away", channel)
+    await sender.group_send("away", {"n": "1"})
+    assert await receive_n(receiver, channel, 1) == ["1"]
+    await receiver.group_discard("away", channel)  # the process unsubscribes
+    await await_until(
+        lambda: (
+            receiver.transport.subjects.group("away")
+            not in receiver.transport.links.home.confirmed
+        ),
+        timeout=RECEIVE_TIMEOUT,
+    )
+    for n in ("while away 1", "while away 2"):
+        await sender.group_send("away", {"n": n})
+    await receiver.group_add("away", channel)
+    await sender.group_send("away", {"n": "back"})
+    # Only what was sent after the member joined again: no gap, no resend.
+    assert await receive_n(receiver, channel, 1) == ["back"]
+    assert sender.stats()["resent"] == 0
+    assert receiver.stats()["lost_in_transit"] == 0
