@@ -119,12 +119,7 @@ class Hub:
                 raise ValueError(f"{subject} is subscribed with another handler")
             self._user_handlers[subject] = handler
             self.handlers[subject] = self._guard(subject, handler)
-        while True:
-            home = await self.links.get_home()
-            if subject not in home.confirmed:
-                await home.run(home.ensure_subscribed, [subject])
-            if self.links.home is home:
-                return
+        await self.links.subscribe_on_home(subject)
 
     async def unsubscribe(self, subject: str) -> None:
         with self._lock:

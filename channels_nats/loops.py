@@ -221,6 +221,20 @@ class Links:
         assert home is not None
         return home
 
+    async def subscribe_on_home(self, subject: str) -> None:
+        """Return once the home has the server's interest in ``subject``.
+
+        The home may move while this waits; the subject is in the home's
+        wanted set already, so a new home subscribes it too, and this checks
+        again on it.
+        """
+        while True:
+            home = await self.get_home()
+            if subject not in home.confirmed:
+                await home.run(home.ensure_subscribed, [subject])
+            if self.home is home:
+                return
+
     async def move_home(self, new: Link, leaving: Link | None = None) -> None:
         """Subscribe ``new`` to everything the home holds, then make it the home."""
         with self._lock:

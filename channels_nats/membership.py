@@ -186,13 +186,7 @@ class Membership:
 
     async def add_local(self, group: str, channel: str) -> None:
         self.groups.add(group, channel)
-        subject = self.subjects.group(group)
-        while True:
-            home = await self.links.get_home()
-            if subject not in home.confirmed:
-                await home.run(home.ensure_subscribed, [subject])
-            if self.links.home is home:
-                return
+        await self.links.subscribe_on_home(self.subjects.group(group))
 
     def discard_local(self, group: str, channel: str) -> None:
         if not self.groups.discard(group, channel):

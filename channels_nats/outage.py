@@ -103,17 +103,7 @@ class LinkHealth:
         """
         if not self._probing and now >= self._probe_due:
             self._start_probe(now)
-        down = self.down_since
-        if down is None:
-            return False
-        if now - down > self.limit:
-            self._stats.incr("refused_link_down")
-            raise LinkDown(
-                f"the NATS link of {self.label} has been down or unresponsive "
-                f"for {now - down:.1f}s, longer than outage_buffer="
-                f"{self.limit:g}s; the message was not sent"
-            )
-        return True
+        return self.held_elsewhere(now)
 
     def held_elsewhere(self, now: float) -> bool:
         """:meth:`held` for a caller on another thread: no probe from there."""
@@ -123,8 +113,9 @@ class LinkHealth:
         if now - down > self.limit:
             self._stats.incr("refused_link_down")
             raise LinkDown(
-                f"the NATS link of {self.label} has been down for longer than "
-                f"outage_buffer={self.limit:g}s; the message was not sent"
+                f"the NATS link of {self.label} has been down or unresponsive "
+                f"for {now - down:.1f}s, longer than outage_buffer="
+                f"{self.limit:g}s; the message was not sent"
             )
         return True
 
