@@ -76,6 +76,8 @@ class Links:
         self._connecting: dict[asyncio.AbstractEventLoop, asyncio.Future[Link]] = {}
         self._watchers: dict[asyncio.AbstractEventLoop, AsyncIterator[None]] = {}
         self._closing_links: set[asyncio.Task[None]] = set()
+        #: True while two links hold the subscriptions (a move under way).
+        self.overlapping = False
         self._io: IOThread | None = None
         self._io_link: concurrent.futures.Future[Link] | None = None
         self._moving: concurrent.futures.Future[None] | None = None
@@ -249,6 +251,9 @@ class Links:
         try:
             old = self.home
             if old is not new:
+                # Until the old home's UNSUBs are confirmed both dispatch, and
+                # one sender's frames can arrive out of order between them.
+                self.overlapping = old is not None
                 wanted = self._wanted()
                 await new.run(new.ensure_subscribed, wanted)
                 self.home = new
@@ -269,6 +274,7 @@ class Links:
             mine.set_exception(exc)
             raise
         finally:
+            self.overlapping = False
             with self._lock:
                 self._moving = None
 

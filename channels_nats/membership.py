@@ -191,6 +191,10 @@ class Membership:
     def discard_local(self, group: str, channel: str) -> None:
         if not self.groups.discard(group, channel):
             return
+        if not self.groups.has_members(group):
+            # Left the group: what is published to it from now on is not for
+            # us (forgotten again once the UNSUB is confirmed, see below).
+            self.gaps.forget(group)
         home = self.links.current_home()
         if home is None:
             return

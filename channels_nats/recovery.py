@@ -105,7 +105,13 @@ class Recovery:
         self.stats = stats
         self.links: Links  # set by the transport
         self.take: dict[int, Callable[[Frame], None]] = {}
-        self.reassembly = Reassembly(self._ask, self._release, self._lost, RESEND_WAIT)
+        self.reassembly = Reassembly(
+            self._ask,
+            self._release,
+            self._lost,
+            RESEND_WAIT,
+            overlapping=lambda: self.links.overlapping,
+        )
 
     # -- receiver side -----------------------------------------------------------
 
@@ -192,8 +198,12 @@ class Recovery:
 
     def recovered(self) -> None:
         """Our connection is back: say hello, and mark what we sent."""
-        self._publish(self.subjects.broadcast, pack_control(HELLO, self.client_id))
+        self.hello()
         self.send_marks(None)
+
+    def hello(self) -> None:
+        """Ask every sender to mark what it recently sent to us."""
+        self._publish(self.subjects.broadcast, pack_control(HELLO, self.client_id))
 
     def send_marks(self, owner: str | None) -> None:
         """Mark the last frame to each recent target (of ``owner``, if given)."""

@@ -180,7 +180,11 @@ class Reassembly:
         wait: float,
         max_gap: int = MAX_FRAMES,
         max_missing: int = MAX_FRAMES,
+        overlapping: Callable[[], bool] = lambda: False,
     ) -> None:
+        #: Whether two of our connections deliver at once (a home move): then
+        #: frames out of line are reordering between them, not loss.
+        self._overlapping = overlapping
         #: Frames one gap, and all open gaps together, may wait for: beyond
         #: that they are counted lost at once (no sender keeps more, and a
         #: hostile frame cannot make us allocate or ask for more).
@@ -230,6 +234,11 @@ class Reassembly:
                     # (a sender forgets idle targets): one connection's
                     # frames arrive in order, so a live frame is never a
                     # duplicate. Resent frames come through resent().
+                    if last is None or seq > last or not self._overlapping():
+                        self._current[key] = seq
+                    return True
+                if self._overlapping():
+                    # Reordered between our two connections: deliver now.
                     self._current[key] = seq
                     return True
                 if not self._room(seq - last - 1):
