@@ -124,6 +124,17 @@ async def test_rejoining_a_group_does_not_ask_for_what_was_sent_while_away(
     subject = receiver.transport.subjects.group("away")
     await await_until(lambda: subject not in home._subs, timeout=RECEIVE_TIMEOUT)
     await home.barrier()  # the server has processed the UNSUB
+    reassembly = receiver.transport.recovery.reassembly
+    await await_until(  # and the process has forgotten the group's numbers
+        lambda: (
+            not any(
+                key[2] == "away"
+                for table in (reassembly._current, reassembly._previous)
+                for key in table
+            )
+        ),
+        timeout=RECEIVE_TIMEOUT,
+    )
     for n in ("while away 1", "while away 2"):
         await sender.group_send("away", {"n": n})
     await receiver.group_add("away", channel)
