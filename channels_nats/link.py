@@ -34,6 +34,7 @@ from .resend import MIN_RETAIN, Retained
 from .sequence import Sequencer
 from .serializers import HELD, pack_data
 from .stats import Stats
+from .tasks import cancel_and_wait
 
 __all__ = ["Link", "MessageHandler", "SubjectHandler"]
 
@@ -168,12 +169,7 @@ class Link:
                     "%s: could not confirm the last publishes: %s", self.label, exc
                 )
         self.closed = True
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        # Their own cancellation is expected; a cancellation of close() itself
-        # still propagates out of gather().
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(self._tasks, self.label)
         nc, self.nc = self.nc, None
         if nc is not None and not nc.is_closed:
             try:

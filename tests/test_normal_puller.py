@@ -111,3 +111,27 @@ async def test_a_watch_whose_watcher_dies_starting_raises_and_the_next_one_works
     await asyncio.wait_for(transport.normal.watch(), TIMEOUT)
     await layer.send("watch-q", {"i": 1})
     assert await asyncio.wait_for(layer.receive("watch-q"), TIMEOUT) == {"i": 1}
+
+
+async def test_closing_a_link_stops_a_task_that_swallowed_its_cancellation(
+    make_layer,
+) -> None:
+    # nats-py's flush swallows a cancellation (subscribe() flushes), so a
+    # watcher cancelled inside kv.watchall() used to carry on and close()
+    # waited for it forever. close() now cancels again until the task ends.
+    layer = make_layer()
+    home = await layer.transport.home()
+    swallowed = asyncio.Event()
+
+    async def stubborn() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            swallowed.set()  # what nats-py's _flush_pending does
+        await asyncio.Event().wait()
+
+    task = home.spawn(stubborn())
+    await asyncio.sleep(0)  # let it start waiting
+    await asyncio.wait_for(home.close(), TIMEOUT)
+    assert swallowed.is_set()
+    assert task.cancelled()

@@ -137,6 +137,9 @@ async def test_rejoining_a_group_does_not_ask_for_what_was_sent_while_away(
     )
     for n in ("while away 1", "while away 2"):
         await sender.group_send("away", {"n": n})
+    # group_send returns once the frame is queued: make sure the server has
+    # routed both (to nobody) before the SUB of the rejoin can reach it.
+    await (await sender.transport.links.link()).barrier()
     await receiver.group_add("away", channel)
     await sender.group_send("away", {"n": "back"})
     # Only what was sent after the member joined again: no gap, no resend.

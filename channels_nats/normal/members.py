@@ -196,6 +196,12 @@ class Members:
         try:
             kv = await self._jetstream.bucket_of(home)
             watcher = await kv.watchall()
+            if home.closed:
+                # Closed while the watch started: nats-py can swallow the
+                # cancellation inside subscribe(), so check for ourselves.
+                with contextlib.suppress(Exception):
+                    await watcher.stop()
+                raise asyncio.CancelledError
         except BaseException as exc:
             with self._lock:
                 if self._watching is home:
