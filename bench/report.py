@@ -8,6 +8,13 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+SEND_METRICS = [
+    ("rate", "msgs/s", True),
+    ("lost", "lost", False),
+    ("channel_full", "ChannelFull back-offs", False),
+    ("channel_full_per_10k", "ChannelFull per 10k sends", False),
+]
+
 # scenario -> [(metric, label, higher is better)]
 METRICS: dict[str, list[tuple[str, str, bool]]] = {
     "rtt": [
@@ -15,11 +22,8 @@ METRICS: dict[str, list[tuple[str, str, bool]]] = {
         ("p90_us", "p90 µs", False),
         ("p99_us", "p99 µs", False),
     ],
-    "send": [
-        ("rate", "msgs/s", True),
-        ("lost", "lost", False),
-        ("channel_full", "ChannelFull back-offs", False),
-    ],
+    "send": SEND_METRICS,
+    "send_1000": SEND_METRICS,
     "fanout": [
         ("deliveries_per_s", "deliveries/s", True),
         ("p50_us", "p50 µs", False),
@@ -68,7 +72,8 @@ METRICS: dict[str, list[tuple[str, str, bool]]] = {
 
 TITLES = {
     "rtt": "rtt: ping-pong over specific channels (2 processes)",
-    "send": "send: one producer to one consumer's specific channel",
+    "send": "send: one producer to one consumer's channel, capacity 100 (default)",
+    "send_1000": "send_1000: the same at capacity 1000",
     "fanout": "fanout: 4 processes x 250 channels in one group, one sender",
     "rooms": "rooms: 500 groups x 4 members over 2 processes, open loop",
     "rooms_rate": "rooms at a fixed rate (1000 group_send/s)",
@@ -94,7 +99,10 @@ def ratio_target(
 
 TARGETS = [
     ratio_target("rtt", "p50_us", "raw", "<=", 1.1, "rtt p50 <= 1.1 x raw nats-py"),
-    ratio_target("send", "rate", "raw", ">=", 0.6, "send >= 0.6 x raw nats-py"),
+    ratio_target("send", "rate", "raw", ">=", 0.7, "send >= 0.7 x raw nats-py"),
+    ratio_target(
+        "send_1000", "rate", "raw", ">=", 0.9, "send, capacity 1000 >= 0.9 x raw"
+    ),
     ratio_target(
         "fanout",
         "deliveries_per_s",
@@ -138,6 +146,14 @@ TARGETS = [
 ]
 ABSOLUTE = [
     ("send", "lost", "==", 0, "send: 0 messages lost"),
+    ("send_1000", "lost", "==", 0, "send, capacity 1000: 0 messages lost"),
+    (
+        "send",
+        "channel_full_per_10k",
+        "<=",
+        1,
+        "send: ChannelFull < 1 per 10,000 sends (consumer keeps up)",
+    ),
     ("rooms", "lost", "==", 0, "rooms: 0 lost"),
     ("sync", "x_floor", "<=", 1.3, "sync p50 <= 1.3 x empty async_to_sync"),
     ("presence", "join_p99_ms", "<=", 50, "presence: join visible p99 < 50 ms"),

@@ -187,7 +187,12 @@ async def rtt(env: Env, impl: str, p: dict[str, Any]) -> dict[str, Any]:
 
 async def send(env: Env, impl: str, p: dict[str, Any]) -> dict[str, Any]:
     prefix = new_prefix()
-    params = {"prefix": prefix, "subject": f"{prefix}.send", "n": p["n"]}
+    params = {
+        "prefix": prefix,
+        "subject": f"{prefix}.send",
+        "n": p["n"],
+        "capacity": p["capacity"],
+    }
     consumer = await env.start(env.agents[0], "consumer", impl, params)
     producer = await env.start(env.agents[1], "producer", impl, params)
     try:
@@ -200,6 +205,7 @@ async def send(env: Env, impl: str, p: dict[str, Any]) -> dict[str, Any]:
             "rate": got["rate"],
             "lost": p["n"] - got["received"],
             "channel_full": sent["channel_full"],
+            "channel_full_per_10k": round(sent["channel_full"] * 10_000 / p["n"], 2),
         }
     finally:
         await env.stop(consumer, producer)
@@ -333,6 +339,7 @@ async def websocket(env: Env, impl: str, p: dict[str, Any]) -> dict[str, Any]:
 SCENARIOS: dict[str, tuple[Scenario, tuple[str, ...]]] = {
     "rtt": (rtt, ("nats", "raw", "redis", "redis-pubsub")),
     "send": (send, ("nats", "raw", "redis", "redis-pubsub")),
+    "send_1000": (send, ("nats", "raw", "redis")),
     "fanout": (fanout, ("nats", "raw", "redis", "redis-pubsub")),
     "rooms": (rooms, ("nats", "raw", "redis", "redis-pubsub")),
     "rooms_rate": (rooms_rate, ("nats", "raw", "redis", "redis-pubsub")),
@@ -344,7 +351,8 @@ SCENARIOS: dict[str, tuple[Scenario, tuple[str, ...]]] = {
 
 FULL: dict[str, dict[str, Any]] = {
     "rtt": {"n": 3000, "warmup": 300},
-    "send": {"n": 30000, "timeout": 60},
+    "send": {"n": 30000, "capacity": 100, "timeout": 60},
+    "send_1000": {"n": 30000, "capacity": 1000, "timeout": 60},
     "fanout": {
         "procs": 4,
         "k": 250,
@@ -369,7 +377,8 @@ FULL: dict[str, dict[str, Any]] = {
 }
 QUICK: dict[str, dict[str, Any]] = {
     "rtt": {"n": 500, "warmup": 100},
-    "send": {"n": 5000, "timeout": 30},
+    "send": {"n": 10000, "capacity": 100, "timeout": 30},
+    "send_1000": {"n": 10000, "capacity": 1000, "timeout": 30},
     "fanout": {
         "procs": 4,
         "k": 250,
@@ -450,12 +459,18 @@ async def main_async(args: argparse.Namespace, out: Path) -> Path:
     agents = [Agent(ctx) for _ in range(5)]
     env = Env(agents, servers)
     records: list[dict[str, Any]] = []
-    total = sum(len(SCENARIOS[n][1]) for n in names) * args.reps
+    wanted = set(args.impls.split(",")) if args.impls else None
+    total = args.reps * sum(
+        len([i for i in SCENARIOS[n][1] if wanted is None or i in wanted])
+        for n in names
+    )
     progress = Progress(total)
     try:
         with (out / "results.jsonl").open("w") as jsonl:
             for name in names:
                 scenario, impls = SCENARIOS[name]
+                if args.impls:
+                    impls = tuple(i for i in impls if i in args.impls.split(","))
                 for rep in range(args.reps):
                     for impl in impls:
                         progress.step(f"{name} {impl} #{rep + 1}")
@@ -490,6 +505,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes, ~2 min")
     parser.add_argument("--reps", type=int, default=3, help="repetitions (>= 3)")
     parser.add_argument("--scenarios", default="", help="comma-separated subset")
+    parser.add_argument(
+        "--impls", default="", help="comma-separated subset of nats,raw,redis,..."
+    )
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     parser.add_argument(
         "--render",

@@ -41,6 +41,7 @@ DEFAULTS: dict[str, Any] = {
     "jetstream_replicas": 1,
     "redelivery_timeout": 30.0,
     "outage_buffer": 10.0,
+    "credit_wait": 0.005,
     "presence": None,  # validated by channels_nats.presence.settings
     # Options handed to nats-py's connect() unchanged.
     "name": None,
@@ -96,6 +97,7 @@ class LayerConfig:
     jetstream_replicas: int
     redelivery_timeout: float
     outage_buffer: float = 10.0
+    credit_wait: float = 0.005
     connect_options: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -302,6 +304,7 @@ def parse_config(config: Mapping[str, Any] | None = None, **kwargs: Any) -> Laye
         outage_buffer=float(
             _number("outage_buffer", merged["outage_buffer"], minimum=0)
         ),
+        credit_wait=float(_number("credit_wait", merged["credit_wait"], minimum=0)),
         connect_options=connect_options,
     )
 

@@ -12,9 +12,13 @@ messages have expired by then, or their receiver is gone.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Callable
+
+from .wakeup import wake
 
 __all__ = ["CreditBatcher", "CreditWindows"]
 
@@ -35,6 +39,8 @@ class CreditWindows:
         self._expiry = expiry
         self._lock = threading.Lock()
         self._windows: dict[str, _Window] = {}
+        #: channel -> senders waiting for its credit to come back.
+        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
 
     def take(self, channel: str) -> bool:
         """Take one credit for ``channel``; False means the channel is full."""
@@ -53,23 +59,58 @@ class CreditWindows:
             window.last_activity = now
             return True
 
+    def take_or_wait(self, channel: str) -> asyncio.Future[None] | None:
+        """Take one credit, or return a future resolved when credit comes back.
+
+        One lock for both, so a credit that arrives between a failed
+        :meth:`take` and the wait is not missed. Call it from a running loop.
+        """
+        if self.take(channel):
+            return None
+        fut = asyncio.get_running_loop().create_future()
+        with self._lock:
+            window = self._windows.get(channel)
+            if window is None or window.available > 0:
+                fut.set_result(None)  # came back meanwhile: try again
+            else:
+                self._waiters.setdefault(channel, []).append(fut)
+        return fut
+
+    def stop_waiting(self, channel: str, fut: asyncio.Future[None]) -> None:
+        """Forget a waiter that gave up (a sender refused after its wait)."""
+        with self._lock:
+            waiters = self._waiters.get(channel)
+            if waiters is not None:
+                with contextlib.suppress(ValueError):
+                    waiters.remove(fut)
+                if not waiters:
+                    del self._waiters[channel]
+
     def give_back(self, channel: str, n: int = 1) -> None:
         """Return credits granted by the receiver (or unused by a failed send)."""
         now = time.monotonic()
         with self._lock:
+            waiters = self._waiters.pop(channel, None)
             window = self._windows.get(channel)
-            if window is None:
-                return
-            window.available = min(window.available + n, self._capacity_of(channel))
-            window.last_activity = now
-            if window.available >= self._capacity_of(channel):
-                # Nothing outstanding: forget the window so that idle
-                # channels do not accumulate.
-                del self._windows[channel]
+            if window is not None:
+                window.available = min(window.available + n, self._capacity_of(channel))
+                window.last_activity = now
+                if window.available >= self._capacity_of(channel):
+                    # Nothing outstanding: forget the window so that idle
+                    # channels do not accumulate.
+                    del self._windows[channel]
+        if waiters:
+            for fut in waiters:
+                wake(fut)
 
     def clear(self) -> None:
+        """Forget every window (all credit back), waking the waiting senders."""
         with self._lock:
             self._windows.clear()
+            waiters = [fut for futs in self._waiters.values() for fut in futs]
+            self._waiters.clear()
+        for fut in waiters:
+            wake(fut)
 
 
 class CreditBatcher:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import threading
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -181,6 +182,8 @@ class Serializer:
 
             self._crypter = MultiFernet([Fernet(_fernet_key(k)) for k in keys])
 
+    _local = threading.local()
+
     def dumps(self, message: Any) -> bytes:
         """Return the body for ``message``; raise ``TypeError`` if it cannot be sent."""
         if not isinstance(message, dict):
@@ -193,7 +196,13 @@ class Serializer:
                     f"Message keys must be str, got {key!r} ({type(key).__name__})."
                 )
         try:
-            body: bytes = msgpack.packb(message)
+            # A packer per thread: a dict subclass can run Python code
+            # mid-pack, so one shared packer is not safe across threads.
+            pack = self._local.pack
+        except AttributeError:
+            pack = self._local.pack = msgpack.Packer().pack
+        try:
+            body: bytes = pack(message)
         except (TypeError, ValueError, OverflowError) as exc:
             raise TypeError(
                 f"Message could not be serialized with msgpack: {exc}"

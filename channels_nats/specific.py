@@ -33,8 +33,12 @@ if TYPE_CHECKING:
 __all__ = ["SpecificChannels"]
 
 CREDIT_FLUSH_DELAY = 0.02
-CREDIT_YIELDS = 4
 MAX_ROUTES = 8192
+
+
+def _wake_up(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 class SpecificChannels:
@@ -51,13 +55,14 @@ class SpecificChannels:
         hub: Hub,
     ) -> None:
         self.client_id = client_id
+        self.credit_wait = config.credit_wait
         self.subjects = subjects
         self.stats = stats
         self.capacity_of = capacity_of
         self.gaps = gaps
         self.hub = hub
         self.credits = CreditBatcher(
-            lambda ch: max(1, capacity_of(ch) // 4),
+            lambda ch: max(1, capacity_of(ch) // 2),
             self.send_credit,
             self._schedule_credit_flush,
         )
@@ -96,18 +101,36 @@ class SpecificChannels:
             )
 
     async def credit_arrived(self, channel: str) -> bool:
-        """Let credit frames already in the socket in, then take a credit.
+        """Wait up to ``credit_wait`` seconds for credit on its way, then take it.
 
-        A sender in a tight loop never yields, so its read loop cannot process
-        the credits the receiver has sent back; raising ChannelFull then would
-        report a full channel that has room. A few loop iterations (socket
-        read, then the read loop's dispatch) are enough to see them.
+        With a consumer that keeps up, credit for a channel whose window is
+        used up is a batch away (``capacity / 4`` taken messages): waiting
+        for it instead of raising ``ChannelFull`` at once spares the caller a
+        retry loop, and a sender that waits leaves the CPU to the consumer.
+        The wait also lets in the credit frames sitting in the socket of a
+        sender in a tight loop, which never yields otherwise. A consumer that
+        is stuck costs the sender this wait and one PING (:meth:`link_down`).
         """
-        for _ in range(CREDIT_YIELDS):
-            await asyncio.sleep(0)
-            if self.windows.take(channel):
+        windows = self.windows
+        self.stats.incr("credit_waits")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.credit_wait
+        while True:
+            fut = windows.take_or_wait(channel)
+            if fut is None:
                 return True
-        return False
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                windows.stop_waiting(channel, fut)
+                return False
+            # Woken by credit (then take it: another sender may be first) or
+            # by the deadline (then one last try).
+            timer = loop.call_later(remaining, _wake_up, fut)
+            try:
+                await fut
+            finally:
+                timer.cancel()
+                windows.stop_waiting(channel, fut)
 
     async def link_down(self, link: Link, channel: str) -> bool:
         """Whether a send without credit goes out held by an outage.
@@ -122,7 +145,6 @@ class SpecificChannels:
             return link.health.down_since is not None
         if await link.health.is_down():
             return True
-        self.stats.incr("credit_waits")
         return self.windows.take(channel)
 
     # -- returning credits -------------------------------------------------------

@@ -32,7 +32,7 @@ COUNTERS = (
     "refused_resend",  # resend-protocol frames with wrong types or ranges
     "handler_errors",  # a hub subscription's handler raised (message dropped)
     "refused_channel_full",  # send() raised ChannelFull
-    "credit_waits",  # a send found no credit and waited one PING round trip
+    "credit_waits",  # a send found its window used up and waited for credit
     "refused_link_down",  # send()/group_send() raised LinkDown (outage too long)
     "stalls",  # a link's liveness PING went unanswered (frozen server or network)
     "pull_errors",  # failed JetStream pulls and re-binds (the fetcher retries)

@@ -39,6 +39,7 @@ def test_parse_config_without_arguments_gives_the_defaults() -> None:
     assert cfg.ping_interval == 5.0
     assert cfg.max_outstanding_pings == 3
     assert cfg.pending_size == 8 * 1024 * 1024
+    assert cfg.credit_wait == 0.005
     assert dict(cfg.connect_options) == {}
 
 
@@ -141,6 +142,8 @@ INVALID = [
     ("max_outstanding_pings", 0),
     ("pending_size", -1),
     ("reconnect_time_wait", -1),
+    ("credit_wait", -0.001),
+    ("credit_wait", "5ms"),
 ]
 
 

@@ -122,8 +122,14 @@ async def test_remote_sender_gets_channel_full_instead_of_loss(make_layer):
     channel = await receiver.new_channel()
     for i in range(5):
         await sender.send(channel, {"type": "m", "i": i})
+    started = time.monotonic()
     with pytest.raises(ChannelFull):
         await sender.send(channel, {"type": "m", "i": 5})
+    # Refused after the bounded wait for credit (5 ms) and one PING, not
+    # after a timeout; and the refused sender left no waiter behind.
+    assert time.monotonic() - started < 1.0
+    assert sender.stats()["credit_waits"] == 1
+    assert not sender.transport.windows._waiters
     # Consuming returns credit to the sender (in a batch, after receive()).
     got = [(await recv(receiver, channel))["i"] for _ in range(5)]
     assert got == [0, 1, 2, 3, 4]
@@ -167,6 +173,53 @@ async def test_fast_sender_loses_nothing_with_back_pressure(make_layer):
     assert full + sender.stats()["credit_waits"] > 0
     stats = receiver.stats()
     assert stats["dropped_capacity"] == 0 and stats["dropped_slow_consumer"] == 0
+
+
+async def test_a_send_waits_for_credit_a_consumer_is_returning(make_layer):
+    # The window of 4 runs out at once; a consumer that is taking messages
+    # returns credit within the send's wait, so no send is refused.
+    receiver = make_layer(capacity=4)
+    sender = make_layer(capacity=4)
+    channel = await receiver.new_channel()
+    total = 200
+
+    async def consume() -> list[int]:
+        return [(await recv(receiver, channel))["i"] for _ in range(total)]
+
+    consuming = asyncio.create_task(consume())
+    for i in range(total):
+        await sender.send(channel, {"type": "m", "i": i})
+    assert await consuming == list(range(total))
+    stats = sender.stats()
+    assert stats["refused_channel_full"] == 0
+    assert stats["credit_waits"] > 0  # the wait was taken
+    assert not sender.transport.windows._waiters
+
+
+async def test_a_send_from_another_thread_waits_for_credit_and_gets_it(make_layer):
+    # async_to_sync runs the send on a short-lived loop in a worker thread;
+    # the credit arrives on the home loop, which wakes it across threads.
+    from asgiref.sync import async_to_sync
+
+    receiver = make_layer(capacity=2)
+    # A long wait, so that a consumer started after the wait began is in time.
+    sender = make_layer(capacity=2, credit_wait=5.0)
+    channel = await receiver.new_channel()
+    await sender.new_channel()  # the sender's home (credits) is on this loop
+    total = 40
+
+    def produce() -> None:
+        for i in range(total):
+            async_to_sync(sender.send)(channel, {"type": "m", "i": i})
+
+    producing = asyncio.get_running_loop().run_in_executor(None, produce)
+    # Consume only once the producer waits: it has used up its window.
+    await await_until(lambda: sender.stats()["credit_waits"] > 0, timeout=5)
+    got = [(await recv(receiver, channel))["i"] for _ in range(total)]
+    await asyncio.wait_for(producing, 10)
+    assert got == list(range(total))
+    assert sender.stats()["credit_waits"] > 0
+    assert sender.stats()["refused_channel_full"] == 0
 
 
 async def test_expired_messages_are_never_returned(make_layer, other):
