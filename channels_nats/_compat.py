@@ -10,6 +10,11 @@ tested, instead of misbehaving later:
 - ``Client._send_command`` appends to its pending buffer before its first
   ``await``: publishes issued one after another on a loop go out in the
   order they were issued, which the sequence numbers rely on;
+- ``Client._pending``, ``_pending_data_size``, ``_max_pending_size``,
+  ``_max_payload``, ``_status``, ``_flush_queue`` and ``_flusher_task``, and a
+  ``_flusher`` that takes a future from its queue, writes ``_pending`` and
+  resolves the future unless done: ``GuardedClient.publish_now`` buffers a
+  PUB as ``publish()`` does, without its coroutines;
 - ``Subscription._id``: the sid our inline dispatch table is keyed by;
 - ``Client._server_info``: whether the server has JetStream, before using it;
 - ``Client.options``, written after the first connect (reconnect forever);
@@ -57,9 +62,20 @@ def _check() -> None:
     append, first_await = source.find("_pending.append"), source.find("await ")
     if append < 0 or (0 <= first_await < append):
         _fail("nats-py", "a Client._send_command that buffers before it awaits")
+    init = inspect.getsource(Client.__init__)
+    fields = ["_pending", "_pending_data_size", "_max_pending_size", "_max_payload"]
+    fields += ["_status", "_flush_queue", "_flusher_task"]
+    flusher = inspect.getsource(Client._flusher)
+    if (
+        any(f"self.{name}" not in init for name in fields)
+        or not hasattr(Client, "CONNECTED")
+        or "self._flush_queue.get()" not in flusher
+        or "self._pending" not in flusher
+        or "future.done()" not in flusher
+    ):
+        _fail("nats-py", "the pending buffer and flusher of Client (publish_now)")
     if "self._id" not in inspect.getsource(Subscription.__init__):
         _fail("nats-py", "Subscription._id")
-    init = inspect.getsource(Client.__init__)
     if "self._server_info" not in init or "self.options" not in init:
         _fail("nats-py", "Client._server_info and Client.options")
     if not isinstance(getattr(AsyncToSync, "loop_thread_executors", None), dict):

@@ -23,6 +23,8 @@ __all__ = ["GuardedClient", "gather", "open_client"]
 
 logger = logging.getLogger(__name__)
 
+MAX_HEADS = 4096
+
 
 class GuardedClient(Client):
     """A nats-py client with inline dispatch and a read loop that survives bad frames.
@@ -44,6 +46,55 @@ class GuardedClient(Client):
         super().__init__()
         self._on_bad_frame = on_bad_frame
         self.direct: dict[int, Callable[[str, bytes, str], None]] = {}
+        #: subject -> b"PUB <subject> " (bounded), for publish_now().
+        self._heads: dict[str, bytes] = {}
+        self._kick: asyncio.Future[None] | None = None
+
+    def publish_now(self, subject: str, payload: bytes) -> bool:
+        """Buffer a PUB exactly as ``publish()`` does, without its three coroutines.
+
+        Returns False, having done nothing, where ``publish()`` has more to do
+        (not connected, the flusher gone, the pending buffer at its limit):
+        the caller then awaits ``publish()``. Call it on the client's loop.
+        ``subject`` must be one of ours (built from validated names): nats-py's
+        subject check is skipped. About 1 µs less per publish (design notes
+        section 8); the private parts it uses are checked by ``_compat``.
+        """
+        queue = self._flush_queue
+        flusher = self._flusher_task
+        if (
+            self._status != Client.CONNECTED
+            or queue is None
+            or flusher is None
+            or flusher.done()
+        ):
+            return False
+        head = self._heads.get(subject)
+        if head is None:
+            if len(self._heads) >= MAX_HEADS:
+                self._heads.clear()
+            head = self._heads[subject] = b"PUB " + subject.encode() + b" "
+        cmd = b"%b%d\r\n%b\r\n" % (head, len(payload), payload)
+        if len(payload) > self._max_payload:
+            return False  # publish() raises MaxPayloadError
+        size = self._pending_data_size + len(cmd)
+        if 0 < self._max_pending_size < size:
+            return False  # publish() waits for a flush first
+        self._pending.append(cmd)
+        self._pending_data_size = size
+        stats = self.stats
+        stats["out_msgs"] += 1
+        stats["out_bytes"] += len(payload)
+        if queue.empty():
+            # Wake the flusher, as publish() does. It resolves the future it
+            # takes unless done already, so one done future serves every kick.
+            kick = self._kick
+            if kick is None:
+                kick = self._kick = asyncio.get_running_loop().create_future()
+                kick.set_result(None)
+            with contextlib.suppress(asyncio.QueueFull):
+                queue.put_nowait(kick)
+        return True
 
     async def _process_msg(
         self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes

@@ -258,7 +258,8 @@ class Link:
             [VERSION, wire_kind, origin, target, sent_at, body, seq, self.number]
         )
         try:
-            await nc.publish(subject, frame)
+            if not nc.publish_now(subject, frame):
+                await nc.publish(subject, frame)
         except nats.errors.Error as exc:
             # nats-py raises before it buffers anything: take the number
             # back, so that no receiver waits for (or is resent) this frame.

@@ -37,3 +37,42 @@ def test_asgiref_without_its_loop_registry_fails_naming_it(
     monkeypatch.delattr(AsyncToSync, "loop_thread_executors")
     with pytest.raises(ImportError, match="AsyncToSync.loop_thread_executors"):
         _compat._check()
+
+
+def test_a_changed_flusher_fails_naming_the_pending_buffer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # publish_now() appends to nats-py's pending buffer and wakes its flusher
+    # with a done future: a flusher that works otherwise must fail the import.
+    async def _flusher(self: Any) -> None:
+        return None
+
+    monkeypatch.setattr(Client, "_flusher", _flusher)
+    with pytest.raises(ImportError, match="pending buffer and flusher"):
+        _compat._check()
+
+
+async def test_publish_now_falls_back_to_publish_where_nats_py_has_more_to_do(
+    nats_server: Any,
+) -> None:
+    # Connected: buffered at once, and delivered. At the pending limit, or
+    # disconnected: nothing done, publish() is the caller's path.
+    import nats
+
+    from channels_nats.client import GuardedClient
+
+    nc = GuardedClient(lambda subject, exc: None)
+    await nc.connect(nats_server.url, pending_size=1024, allow_reconnect=False)
+    try:
+        sub = await nc.subscribe("compat.fast")
+        await nc.flush()
+        assert nc.publish_now("compat.fast", b"one")
+        msg = await sub.next_msg(timeout=5)
+        assert (msg.subject, msg.data) == ("compat.fast", b"one")
+        assert not nc.publish_now("compat.fast", b"x" * 2048)  # over pending_size
+        with pytest.raises(nats.errors.Error):
+            await nc.publish("compat.fast", b"x" * (nc.max_payload + 1))
+        assert not nc.publish_now("compat.fast", b"x" * (nc.max_payload + 1))
+    finally:
+        await nc.close()
+    assert not nc.publish_now("compat.fast", b"closed")
