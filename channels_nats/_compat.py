@@ -15,6 +15,9 @@ tested, instead of misbehaving later:
   ``_flusher`` that takes a future from its queue, writes ``_pending`` and
   resolves the future unless done: ``GuardedClient.publish_now`` buffers a
   PUB as ``publish()`` does, without its coroutines;
+- nats-py's ``Parser`` (``buf``, ``state``, ``AWAITING_CONTROL_LINE``,
+  ``MAX_CONTROL_LINE_SIZE``), made by ``Client.__init__`` as ``self._ps``
+  and fed by the read loop: ``wire.FastParser`` replaces it;
 - ``Subscription._id``: the sid our inline dispatch table is keyed by;
 - ``Client._server_info``: whether the server has JetStream, before using it;
 - ``Client.options``, written after the first connect (reconnect forever);
@@ -32,6 +35,7 @@ from typing import Any
 from asgiref.sync import AsyncToSync
 from nats.aio.client import Client
 from nats.aio.subscription import Subscription
+from nats.protocol.parser import Parser
 
 __all__ = [
     "TESTED",
@@ -74,6 +78,15 @@ def _check() -> None:
         or "future.done()" not in flusher
     ):
         _fail("nats-py", "the pending buffer and flusher of Client (publish_now)")
+    reset = inspect.getsource(Parser.reset)
+    if (
+        "self._ps" not in init
+        or "self._ps.parse(" not in inspect.getsource(Client._read_loop)
+        or "self.buf = bytearray()" not in reset
+        or "self.state = AWAITING_CONTROL_LINE" not in reset
+        or not inspect.iscoroutinefunction(Parser.parse)
+    ):
+        _fail("nats-py", "Client._ps, a Parser with buf and state (wire.FastParser)")
     if "self._id" not in inspect.getsource(Subscription.__init__):
         _fail("nats-py", "Subscription._id")
     if "self._server_info" not in init or "self.options" not in init:

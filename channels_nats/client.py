@@ -18,6 +18,7 @@ from .config import LayerConfig
 from .exceptions import ConnectionUnavailable
 from .security import fatal_cause, permission_violation
 from .stats import Stats
+from .wire import FastParser
 
 __all__ = ["GuardedClient", "gather", "open_client"]
 
@@ -44,8 +45,10 @@ class GuardedClient(Client):
 
     def __init__(self, on_bad_frame: Callable[[bytes, BaseException], None]) -> None:
         super().__init__()
-        self._on_bad_frame = on_bad_frame
+        #: Called as bad_frame(subject, exc) for a frame a handler choked on.
+        self.bad_frame = on_bad_frame
         self.direct: dict[int, Callable[[str, bytes, str], None]] = {}
+        self._ps = FastParser(self)
         #: subject -> b"PUB <subject> " (bounded), for publish_now().
         self._heads: dict[str, bytes] = {}
         self._kick: asyncio.Future[None] | None = None
@@ -110,7 +113,7 @@ class GuardedClient(Client):
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            self._on_bad_frame(subject, exc)
+            self.bad_frame(subject, exc)
 
 
 async def open_client(
