@@ -104,7 +104,7 @@ class SpecificChannels:
         """Wait up to ``credit_wait`` seconds for credit on its way, then take it.
 
         With a consumer that keeps up, credit for a channel whose window is
-        used up is a batch away (``capacity / 4`` taken messages): waiting
+        used up is a batch away (``capacity / 2`` taken messages): waiting
         for it instead of raising ``ChannelFull`` at once spares the caller a
         retry loop, and a sender that waits leaves the CPU to the consumer.
         The wait also lets in the credit frames sitting in the socket of a
