@@ -72,14 +72,14 @@ class GuardedClient(Client):
             or flusher.done()
         ):
             return False
+        if len(payload) > self._max_payload:
+            return False  # publish() raises MaxPayloadError
         head = self._heads.get(subject)
         if head is None:
             if len(self._heads) >= MAX_HEADS:
                 self._heads.clear()
             head = self._heads[subject] = b"PUB " + subject.encode() + b" "
         cmd = b"%b%d\r\n%b\r\n" % (head, len(payload), payload)
-        if len(payload) > self._max_payload:
-            return False  # publish() raises MaxPayloadError
         size = self._pending_data_size + len(cmd)
         if 0 < self._max_pending_size < size:
             return False  # publish() waits for a flush first
