@@ -177,9 +177,11 @@ async def test_fast_sender_loses_nothing_with_back_pressure(make_layer):
 
 async def test_a_send_waits_for_credit_a_consumer_is_returning(make_layer):
     # The window of 4 runs out at once; a consumer that is taking messages
-    # returns credit within the send's wait, so no send is refused.
+    # returns credit within the send's wait, so no send is refused. (A wait
+    # longer than the default 5 ms: a loaded CI machine may take longer to
+    # run the consumer and carry the credit back.)
     receiver = make_layer(capacity=4)
-    sender = make_layer(capacity=4)
+    sender = make_layer(capacity=4, credit_wait=2.0)
     channel = await receiver.new_channel()
     total = 200
 
