@@ -198,12 +198,8 @@ class Recovery:
 
     def recovered(self) -> None:
         """Our connection is back: say hello, and mark what we sent."""
-        self.hello()
-        self.send_marks(None)
-
-    def hello(self) -> None:
-        """Ask every sender to mark what it recently sent to us."""
         self._publish(self.subjects.broadcast, pack_control(HELLO, self.client_id))
+        self.send_marks(None)
 
     def send_marks(self, owner: str | None) -> None:
         """Mark the last frame to each recent target (of ``owner``, if given)."""
