@@ -7,6 +7,7 @@ process's :class:`~channels_nats.transport.Transport`.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from channels.layers import BaseChannelLayer
@@ -77,9 +78,34 @@ class NatsChannelLayer(BaseChannelLayer):  # type: ignore[misc]
                 transport = self._transport
                 if transport is None or transport.closed:
                     transport = self._transport = Transport(
-                        self.config, self.get_capacity, previous=transport
+                        self.config, self._capacity_of(), previous=transport
                     )
         return transport
+
+    def _capacity_of(self) -> Callable[[str], int]:
+        """``get_capacity`` for the hot paths, which ask it several times a message.
+
+        Channels' version walks the ``channel_capacity`` patterns on each
+        call; the answer for a channel never changes, so it is kept. A
+        subclass's own ``get_capacity`` is asked every time.
+        """
+        get_capacity: Callable[[str], int] = self.get_capacity
+        if type(self).get_capacity is not BaseChannelLayer.get_capacity:
+            return get_capacity
+        if not self.channel_capacity:
+            capacity: int = self.capacity
+            return lambda channel: capacity
+        known: dict[str, int] = {}
+
+        def capacity_of(channel: str) -> int:
+            capacity = known.get(channel)
+            if capacity is None:
+                if len(known) >= 10_000:  # channel names come and go
+                    known.clear()
+                capacity = known[channel] = get_capacity(channel)
+            return capacity
+
+        return capacity_of
 
     @property
     def hub(self) -> Hub:

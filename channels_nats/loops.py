@@ -35,9 +35,26 @@ from .iothread import IOThread
 from .link import Link, MessageHandler, SubjectHandler
 from .stats import Stats
 
-__all__ = ["Links"]
+__all__ = ["Links", "runs_here"]
 
 logger = logging.getLogger(__name__)
+
+_get_ident = threading.get_ident
+
+
+def runs_here(loop: asyncio.AbstractEventLoop) -> bool:
+    """True if ``loop`` is the loop running the calling coroutine.
+
+    ``loop is asyncio.get_running_loop()`` costs a ``getpid()`` system call
+    on Python 3.10 and 3.11 (about 0.2 us here, more under load), several
+    times per message on the hot paths. An asyncio loop records the thread
+    that runs it, and a thread runs one loop at a time, so comparing that to
+    the thread's id answers the same question without the call. Other loops
+    (uvloop) take the plain comparison.
+    """
+    if isinstance(loop, asyncio.BaseEventLoop):
+        return getattr(loop, "_thread_id", None) == _get_ident()
+    return loop is asyncio.get_running_loop()
 
 
 class Links:
@@ -73,6 +90,9 @@ class Links:
         self._numbers = itertools.count(1)
         self._lock = threading.Lock()
         self.by_loop: dict[asyncio.AbstractEventLoop, Link] = {}
+        # thread id -> the link of the asyncio loop last seen running there
+        # (checked on use: see current()).
+        self._by_thread: dict[int, Link] = {}
         self._connecting: dict[asyncio.AbstractEventLoop, asyncio.Future[Link]] = {}
         self._watchers: dict[asyncio.AbstractEventLoop, AsyncIterator[None]] = {}
         self._closing_links: set[asyncio.Task[None]] = set()
@@ -86,6 +106,26 @@ class Links:
         self.closed = False
 
     # -- links -----------------------------------------------------------------
+
+    def current(self) -> Link | None:
+        """The link of the running loop, or None if it has none (yet).
+
+        Same as ``by_loop.get(asyncio.get_running_loop())``, without the
+        system call in the common case (see :func:`runs_here`).
+        """
+        ident = _get_ident()
+        link = self._by_thread.get(ident)
+        if (
+            link is not None
+            and getattr(link.loop, "_thread_id", None) == ident
+            and self.by_loop.get(link.loop) is link
+        ):
+            return link
+        loop = asyncio.get_running_loop()
+        link = self.by_loop.get(loop)
+        if link is not None and isinstance(loop, asyncio.BaseEventLoop):
+            self._by_thread[ident] = link
+        return link
 
     async def link(self) -> Link:
         """Return the link to use from the running loop, connecting if needed."""
@@ -302,6 +342,7 @@ class Links:
         self.closed = True
         links = list(self.by_loop.values())
         self.by_loop.clear()
+        self._by_thread.clear()
         self._watchers.clear()
         self.home = None
         for link in links:

@@ -20,6 +20,7 @@ from .flow import CreditBatcher, CreditWindows
 from .hub import Hub
 from .inbox import Entry, Inbox
 from .link import Link
+from .loops import runs_here
 from .resend import Reassembly
 from .serializers import CREDIT, DATA_OVERHEAD, Frame, pack_control
 from .stats import Stats
@@ -141,7 +142,7 @@ class SpecificChannels:
         it is not refused either. A link that is down takes the message into
         its outage buffer (see :mod:`channels_nats.outage`).
         """
-        if link.loop is not asyncio.get_running_loop():
+        if not runs_here(link.loop):
             return link.health.down_since is not None
         if await link.health.is_down():
             return True
@@ -173,7 +174,7 @@ class SpecificChannels:
         meanwhile. Publishing here and yielding once lets nats-py's flusher
         write it at once.
         """
-        link = self.links.by_loop.get(asyncio.get_running_loop())
+        link = self.links.current()
         if link is None or not link.usable:
             self.send_credit(origin, channel, n)
             return

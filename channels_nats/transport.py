@@ -16,7 +16,6 @@ which one holds the subscriptions: the *home*).
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import secrets
 import time
@@ -31,7 +30,7 @@ from .housekeeping import Housekeeping
 from .hub import Hub
 from .inbox import Entry
 from .link import Link
-from .loops import Links
+from .loops import Links, runs_here
 from .membership import Membership
 from .normal import NormalChannels, NormalContext
 from .recovery import Recovery
@@ -272,8 +271,7 @@ class Transport:
                 self.stats.incr("refused_channel_full")
                 raise ChannelFull(channel)
             return
-        loop = asyncio.get_running_loop()
-        link = self.links.by_loop.get(loop)
+        link = self.links.current()
         if link is None or not link.usable:
             link = await self.links.link()
         self.check_size(body, channel)
@@ -289,7 +287,7 @@ class Transport:
             self.stats.incr("refused_channel_full")
             raise ChannelFull(channel)
         try:
-            if link.loop is loop:
+            if runs_here(link.loop):
                 await link.publish_data(
                     subject, DIRECT, self.client_id, channel, now, body
                 )
@@ -309,7 +307,7 @@ class Transport:
             await self.normal.watch()
         else:
             home = self.links.home
-            if home is None or home.loop is not asyncio.get_running_loop():
+            if home is None or not runs_here(home.loop):
                 await self.links.follow_receiver()
         while True:
             if normal:
@@ -337,8 +335,7 @@ class Transport:
     async def group_send(self, group: str, message: dict[str, Any]) -> None:
         body = self.serializer.dumps(message)
         now = time.time()
-        loop = asyncio.get_running_loop()
-        link = self.links.by_loop.get(loop)
+        link = self.links.current()
         if link is None or not link.usable:
             link = await self.links.link()
         self.check_size(body, group)
@@ -347,7 +344,7 @@ class Transport:
         if home is not link and (home is None or not home.usable):
             # Receivers that miss a frame ask us on our control subject.
             await self.home()
-        if link.loop is loop:
+        if runs_here(link.loop):
             seq = await link.publish_data(
                 subject, GROUP, self.client_id, group, now, body
             )

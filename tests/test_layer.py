@@ -116,6 +116,28 @@ async def test_channel_capacity_overrides_by_glob(make_layer):
         await layer.send(roomy, {"type": "m"})
 
 
+async def test_a_subclass_get_capacity_is_asked_on_every_send(nats_server, prefix):
+    # The layer keeps Channels' answer per channel; a subclass's own rule
+    # may change its mind, so it is not kept.
+    class Adjustable(NatsChannelLayer):
+        limit = 1
+
+        def get_capacity(self, channel):
+            return self.limit
+
+    layer = Adjustable(servers=[nats_server.url], prefix=prefix, capacity=100)
+    try:
+        channel = await layer.new_channel()
+        await layer.send(channel, {"type": "m"})
+        with pytest.raises(ChannelFull):
+            await layer.send(channel, {"type": "m"})
+        layer.limit = 2
+        await layer.send(channel, {"type": "m"})
+        assert [await layer.receive(channel) for _ in range(2)] == [{"type": "m"}] * 2
+    finally:
+        await layer.close()
+
+
 async def test_remote_sender_gets_channel_full_instead_of_loss(make_layer):
     receiver = make_layer(capacity=5)
     sender = make_layer(capacity=5)

@@ -112,6 +112,65 @@ def test_subscriptions_follow_a_long_lived_loop_and_come_back(sync_layers):
     assert owner.stats()["dropped_expired"] == 0
 
 
+def test_each_running_loop_finds_its_own_link_and_never_an_ended_one(sync_layers):
+    # Links.current() answers "the link of the running loop" from a cache by
+    # thread: it must not hand a thread the link of a loop that has ended
+    # there, nor one thread's link to another.
+    owner, sender = sync_layers(), sync_layers()
+    channel = async_to_sync(owner.new_channel)()
+    seen: dict[str, object] = {}
+
+    async def send_from(name: str) -> None:
+        links = sender.transport.links
+        await sender.send(channel, {"type": "m", "from": name})
+        link = links.current()
+        assert link is links.by_loop[asyncio.get_running_loop()]
+        assert link.loop is asyncio.get_running_loop()
+        seen[name] = link
+
+    asyncio.run(send_from("first"))
+    asyncio.run(send_from("second"))  # same thread, a new loop
+    thread = threading.Thread(target=lambda: asyncio.run(send_from("other")))
+    thread.start()
+    thread.join()
+    assert len({id(link) for link in seen.values()}) == 3
+    got = sorted(async_to_sync(owner.receive)(channel)["from"] for _ in range(3))
+    assert got == ["first", "other", "second"]
+
+
+def test_runs_here_tells_the_running_loop_from_the_others():
+    from channels_nats.loops import runs_here
+
+    idle = asyncio.new_event_loop()
+    elsewhere = asyncio.new_event_loop()
+    started = threading.Event()
+    thread = threading.Thread(
+        target=lambda: (
+            elsewhere.call_soon(started.set),
+            elsewhere.run_forever(),
+        )
+    )
+    thread.start()
+    started.wait(5)
+
+    class NotAsyncio(asyncio.AbstractEventLoop):
+        """A loop of another implementation (uvloop): the plain comparison."""
+
+    async def check() -> None:
+        assert runs_here(asyncio.get_running_loop())
+        assert not runs_here(idle)
+        assert not runs_here(elsewhere)
+        assert not runs_here(NotAsyncio())
+
+    try:
+        asyncio.run(check())
+    finally:
+        elsewhere.call_soon_threadsafe(elsewhere.stop)
+        thread.join()
+        elsewhere.close()
+        idle.close()
+
+
 def test_sync_send_and_receive_across_layers_in_threads(sync_layers):
     owner, sender = sync_layers(), sync_layers()
     channel = async_to_sync(owner.new_channel)()
