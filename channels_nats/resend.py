@@ -45,6 +45,9 @@ MAX_FRAMES = 100_000
 MIN_RETAIN = 5.0
 
 
+_new_kept = tuple.__new__
+
+
 class Kept(NamedTuple):
     """One published data frame, as the sender can publish it again."""
 
@@ -101,23 +104,34 @@ class Retained:
     ) -> None:
         frames = self._frames
         with self._lock:
-            frames.append(Kept(at, kind, target, subject, sent_at, body, seq))
+            # tuple.__new__: Kept(...) goes through a Python-level __new__.
+            frames.append(
+                _new_kept(Kept, (at, kind, target, subject, sent_at, body, seq))
+            )
             self._bytes += len(body)
             if (
                 self._bytes > self.max_bytes
                 or len(frames) > self.max_frames
                 or at - frames[0].at > self.max_age
             ):
-                self._trim(at)
+                # A sender at its limit would trim one frame per send; going
+                # a sixteenth below the limits trims once per many sends.
+                self._trim(at, self.max_bytes // 16, self.max_frames // 16)
 
-    def _trim(self, now: float) -> None:
+    def _trim(self, now: float, bytes_below: int = 0, frames_below: int = 0) -> None:
         # Lock held.
         frames = self._frames
         floor = self._floor
         oldest = now - self.max_age
+        max_bytes = self.max_bytes - bytes_below
+        max_frames = self.max_frames - frames_below
+        if self._bytes <= self.max_bytes:
+            max_bytes = self.max_bytes  # not over it: no need to go below
+        if len(frames) <= self.max_frames:
+            max_frames = self.max_frames
         while frames and (
-            self._bytes > self.max_bytes
-            or len(frames) > self.max_frames
+            self._bytes > max_bytes
+            or len(frames) > max_frames
             or (floor is not None and max(frames[0].at, floor) < oldest)
         ):
             self._bytes -= len(frames.popleft().body)

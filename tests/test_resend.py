@@ -150,6 +150,20 @@ def test_retained_finds_ranges_and_forgets_by_age_bytes_and_count() -> None:
     assert [k.seq for k in kept._frames] == [7]
 
 
+def test_retained_over_a_limit_goes_a_sixteenth_below_it_and_never_above() -> None:
+    kept = Retained(max_age=60.0, max_bytes=10**9, max_frames=160)
+    sizes = []
+    for seq in range(1, 1001):
+        kept.keep(1.0, 0, "t", "subj", 0.0, b"x", seq)
+        sizes.append(len(kept))
+    assert max(sizes) == 160
+    # Over 160, trimmed to 150; then ten sends without trimming.
+    assert sizes[159:172] == [160, 150, *range(151, 161), 150]
+    assert [k.seq for k in kept._frames] == list(range(1001 - len(kept), 1001))
+    # A resend lookup trims only what is over a limit, not below it.
+    assert len(kept.find("t", 1, 10**6)) == len(kept)
+
+
 def test_a_jump_wider_than_any_sender_keeps_is_counted_not_asked() -> None:
     rx = Receiver()
     rx.r.max_gap = 10
