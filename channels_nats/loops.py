@@ -304,6 +304,14 @@ class Links:
                 if old is not None and old is not leaving and old.usable:
                     with contextlib.suppress(Exception):
                         await old.run(old.unsubscribe_all)
+                    # The new home may still hold frames the server routed to
+                    # it while both dispatched: they are reordered against the
+                    # old home's, which are all in now. A round trip on the new
+                    # connection lets them in before the overlap ends; after
+                    # it, gap detection would take them for missing frames
+                    # and ask for them again (a duplicate once both arrive).
+                    with contextlib.suppress(Exception):
+                        await new.run(new.barrier)
                 logger.debug(
                     "subscriptions of %s now on %s",
                     self._client_id,
