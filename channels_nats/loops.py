@@ -113,18 +113,17 @@ class Links:
         Same as ``by_loop.get(asyncio.get_running_loop())``, without the
         system call in the common case (see :func:`runs_here`).
         """
-        ident = _get_ident()
-        link = self._by_thread.get(ident)
+        link = self._by_thread.get(_get_ident())
         if (
             link is not None
-            and getattr(link.loop, "_thread_id", None) == ident
+            and runs_here(link.loop)
             and self.by_loop.get(link.loop) is link
         ):
             return link
         loop = asyncio.get_running_loop()
         link = self.by_loop.get(loop)
         if link is not None and isinstance(loop, asyncio.BaseEventLoop):
-            self._by_thread[ident] = link
+            self._by_thread[_get_ident()] = link
         return link
 
     async def link(self) -> Link:

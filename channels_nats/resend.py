@@ -123,12 +123,13 @@ class Retained:
         frames = self._frames
         floor = self._floor
         oldest = now - self.max_age
-        max_bytes = self.max_bytes - bytes_below
-        max_frames = self.max_frames - frames_below
-        if self._bytes <= self.max_bytes:
-            max_bytes = self.max_bytes  # not over it: no need to go below
-        if len(frames) <= self.max_frames:
-            max_frames = self.max_frames
+        # Below a limit only when over it.
+        max_bytes = self.max_bytes
+        if self._bytes > max_bytes:
+            max_bytes -= bytes_below
+        max_frames = self.max_frames
+        if len(frames) > max_frames:
+            max_frames -= frames_below
         while frames and (
             self._bytes > max_bytes
             or len(frames) > max_frames

@@ -272,8 +272,10 @@ class Transport:
                 raise ChannelFull(channel)
             return
         link = self.links.current()
+        here = True  # current() is the running loop's own link
         if link is None or not link.usable:
             link = await self.links.link()
+            here = runs_here(link.loop)  # or the I/O thread's
         self.check_size(body, channel)
         home = self.links.home
         if home is not link and (home is None or not home.usable):
@@ -287,7 +289,7 @@ class Transport:
             self.stats.incr("refused_channel_full")
             raise ChannelFull(channel)
         try:
-            if runs_here(link.loop):
+            if here:
                 await link.publish_data(
                     subject, DIRECT, self.client_id, channel, now, body
                 )
@@ -336,15 +338,17 @@ class Transport:
         body = self.serializer.dumps(message)
         now = time.time()
         link = self.links.current()
+        here = True  # current() is the running loop's own link
         if link is None or not link.usable:
             link = await self.links.link()
+            here = runs_here(link.loop)  # or the I/O thread's
         self.check_size(body, group)
         subject = self.subjects.group(group)
         home = self.links.home
         if home is not link and (home is None or not home.usable):
             # Receivers that miss a frame ask us on our control subject.
             await self.home()
-        if runs_here(link.loop):
+        if here:
             seq = await link.publish_data(
                 subject, GROUP, self.client_id, group, now, body
             )
