@@ -14,7 +14,10 @@ tested, instead of misbehaving later:
   ``_max_payload``, ``_status``, ``_flush_queue`` and ``_flusher_task``, and a
   ``_flusher`` that takes a future from its queue, writes ``_pending`` and
   resolves the future unless done: ``GuardedClient.publish_now`` buffers a
-  PUB as ``publish()`` does, without its coroutines;
+  PUB as ``publish()`` does, without its coroutines; every write of
+  ``_pending`` hands a copy of the list to the transport and replaces the
+  list (``self._pending = []``), so ``GuardedClient.publish_frame`` may grow
+  the batch at the tail of the list it finds and never touches one written;
 - nats-py's ``Parser`` (``buf``, ``state``, ``AWAITING_CONTROL_LINE``,
   ``MAX_CONTROL_LINE_SIZE``), made by ``Client.__init__`` as ``self._ps``
   and fed by the read loop: ``wire.FastParser`` replaces it;
@@ -58,6 +61,12 @@ def _fail(package: str, what: str) -> None:
     )
 
 
+def _replaces_pending(source: str) -> bool:
+    """Whether each write of ``_pending`` in ``source`` replaces the list."""
+    writes = source.count("writelines(self._pending[:])")
+    return source.count("self._pending = []") == writes
+
+
 def _check() -> None:
     params = list(inspect.signature(Client._process_msg).parameters)
     if params != ["self", "sid", "subject", "reply", "data", "headers"]:
@@ -76,6 +85,10 @@ def _check() -> None:
         or "self._flush_queue.get()" not in flusher
         or "self._pending" not in flusher
         or "future.done()" not in flusher
+        or "writelines(self._pending[:])" not in flusher
+        or not _replaces_pending(flusher)
+        or not _replaces_pending(inspect.getsource(Client._flush_pending))
+        or not _replaces_pending(inspect.getsource(Client._close))
     ):
         _fail("nats-py", "the pending buffer and flusher of Client (publish_now)")
     reset = inspect.getsource(Parser.reset)

@@ -42,6 +42,7 @@ DEFAULTS: dict[str, Any] = {
     "redelivery_timeout": 30.0,
     "outage_buffer": 10.0,
     "credit_wait": 0.005,
+    "batch_frames": True,
     "presence": None,  # validated by channels_nats.presence.settings
     # Options handed to nats-py's connect() unchanged.
     "name": None,
@@ -98,6 +99,7 @@ class LayerConfig:
     redelivery_timeout: float
     outage_buffer: float = 10.0
     credit_wait: float = 0.005
+    batch_frames: bool = True
     connect_options: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -114,6 +116,14 @@ def _number(
     ):
         raise InvalidChannelLayerError(
             f"{label} must be {kind} >= {minimum}, got {value!r}."
+        )
+    return value
+
+
+def _flag(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidChannelLayerError(
+            f"CONFIG[{key!r}] must be True or False, got {value!r}."
         )
     return value
 
@@ -305,6 +315,7 @@ def parse_config(config: Mapping[str, Any] | None = None, **kwargs: Any) -> Laye
             _number("outage_buffer", merged["outage_buffer"], minimum=0)
         ),
         credit_wait=float(_number("credit_wait", merged["credit_wait"], minimum=0)),
+        batch_frames=_flag("batch_frames", merged["batch_frames"]),
         connect_options=connect_options,
     )
 

@@ -33,7 +33,7 @@ from .outage import LinkHealth
 from .outbox import Outbox
 from .resend import MIN_RETAIN, Retained
 from .sequence import Sequencer
-from .serializers import HELD, VERSION
+from .serializers import HELD, VERSION, batch_head
 from .stats import Stats
 from .tasks import cancel_and_wait
 
@@ -72,6 +72,11 @@ class Link:
         # link's loop, one for other threads, used under the outbox lock.
         self._pack = msgpack.Packer().pack
         self._pack_locked = msgpack.Packer().pack
+        #: Whether data frames published together to a subject are joined
+        #: (CONFIG["batch_frames"]), and the batch head of their origin.
+        self._batching = config.batch_frames
+        self._batch_origin = ""
+        self._batch_head = b""
         self.label = label
         self._config = config
         self._queue = queue
@@ -176,6 +181,8 @@ class Link:
         self.closed = True
         await cancel_and_wait(self._tasks, self.label)
         nc, self.nc = self.nc, None
+        if nc is not None and nc.batched:
+            self._stats.incr("batched_frames", nc.batched)
         if nc is not None and not nc.is_closed:
             try:
                 await asyncio.wait_for(nc.close(), 5.0)
@@ -257,8 +264,15 @@ class Link:
         frame = self._pack(
             [VERSION, wire_kind, origin, target, sent_at, body, seq, self.number]
         )
+        if origin != self._batch_origin:
+            self._batch_origin = origin
+            self._batch_head = batch_head(origin)
         try:
-            if not nc.publish_now(subject, frame):
+            if not (
+                nc.publish_frame(subject, frame, self._batch_head)
+                if self._batching
+                else nc.publish_now(subject, frame)
+            ):
                 await nc.publish(subject, frame)
         except nats.errors.Error as exc:
             # nats-py raises before it buffers anything: take the number

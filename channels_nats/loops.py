@@ -374,5 +374,9 @@ class Links:
                 io.submit(link.close()).result(timeout=5.0)
         io.stop()
 
+    def batched(self) -> int:
+        """Frames the open links have joined to batches (closed ones count in stats)."""
+        return sum(link.nc.batched for link in list(self.by_loop.values()) if link.nc)
+
     def open_count(self) -> int:
         return sum(1 for link in self.by_loop.values() if not link.closed)

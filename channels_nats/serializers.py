@@ -15,6 +15,11 @@ decrypts, so keys can be rotated). Frames on the wire are msgpack arrays:
   beyond capacity (the sender's ``outage_buffer`` bounds how many);
   :data:`DIRECT_RESENT` and :data:`GROUP_RESENT` are frames published again
   on a receiver's request (:mod:`channels_nats.recovery`);
+* batch frame ``[1, 6, origin, *frames]``: data frames of that origin, each
+  a whole data frame as above, consecutive publishes of one connection to
+  one subject joined while they waited in the client's buffer
+  (``client.GuardedClient``, design notes section 8). A lone frame is sent
+  as it is. A version without batches counts one as a frame of unknown kind;
 * control frame ``[1, kind, origin, *args]`` for credits, remote group
   membership, flush, and resends (RESEND, GONE, MARK, HELLO); a frame of
   another kind (a newer peer's) decodes with its arguments unchecked, and
@@ -45,6 +50,7 @@ __all__ = [
     "GONE",
     "MARK",
     "HELLO",
+    "BATCH",
     "CREDIT",
     "GROUP_ADD",
     "GROUP_DISCARD",
@@ -53,7 +59,9 @@ __all__ = [
     "MalformedFrame",
     "Serializer",
     "pack_control",
+    "batch_head",
     "pack_data",
+    "unbatch",
     "unpack_frame",
 ]
 
@@ -68,6 +76,8 @@ DIRECT_RESENT = 4
 GROUP_RESENT = 5
 #: Added to a data kind for a frame published again on request.
 RESENT = 4
+#: Data frames of one origin joined in one NATS message.
+BATCH = 6
 CREDIT = 10
 GROUP_ADD = 11
 GROUP_DISCARD = 12
@@ -165,6 +175,49 @@ def unpack_frame(data: bytes) -> Frame:
     # Any other kind is well-formed but unknown here (a newer peer): the
     # receiver counts it as such.
     return Frame(kind, origin, args)
+
+
+#: Most frames a batch holds (its array's length is a 16-bit number).
+MAX_BATCH = 0xFFFF - 3
+
+
+def batch_head(origin: str) -> bytes:
+    """What follows the array header in a batch of ``origin``'s data frames.
+
+    A batch is the array ``[1, BATCH, origin, *frames]`` with a 16-bit
+    length (``0xdc``, then the length, then these bytes, then the frames),
+    so that its sender can add frames and rewrite the length in place.
+    """
+    return msgpack.packb(VERSION) + msgpack.packb(BATCH) + msgpack.packb(origin)  # type: ignore[no-any-return]
+
+
+def unbatch(batch: Frame) -> tuple[list[Frame], int]:
+    """The data frames of a decoded batch, in order, and how many were not valid.
+
+    A member that is not a data frame of the batch's origin is counted and
+    skipped; the others are delivered.
+    """
+    origin = batch.origin
+    frames: list[Frame] = []
+    bad = 0
+    new = tuple.__new__
+    for obj in batch.args:
+        if (
+            type(obj) is list
+            and len(obj) == 8
+            and obj[0] == VERSION
+            and obj[1] in _DATA_KINDS
+            and obj[2] == origin
+            and type(obj[3]) is str
+            and (type(obj[4]) is float or type(obj[4]) is int)
+            and type(obj[5]) is bytes
+            and type(obj[6]) is int
+            and type(obj[7]) is int
+        ):
+            frames.append(new(Frame, (obj[1], origin, tuple(obj[3:]))))
+        else:
+            bad += 1
+    return frames, bad
 
 
 def _fernet_key(secret: bytes) -> bytes:

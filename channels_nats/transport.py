@@ -36,6 +36,7 @@ from .normal import NormalChannels, NormalContext
 from .recovery import Recovery
 from .sealing import Sealer
 from .serializers import (
+    BATCH,
     CREDIT,
     DIRECT,
     DIRECT_HELD,
@@ -53,6 +54,7 @@ from .serializers import (
     Frame,
     MalformedFrame,
     Serializer,
+    unbatch,
     unpack_frame,
 )
 from .specific import SpecificChannels
@@ -179,6 +181,7 @@ class Transport:
             GONE: recovery.on_gone,
             MARK: recovery.on_mark,
             HELLO: recovery.on_hello,
+            BATCH: self.on_batch,
         }
         # The hot paths below use these directly (no extra lookups or frames).
         self._routes = specific.routes
@@ -252,6 +255,21 @@ class Transport:
             )
             return
         handler(frame, subject, reply, link)
+
+    def on_batch(self, batch: Frame, subject: str, reply: str, link: Link) -> None:
+        """Hand each data frame of a batch to its kind's handler, in order."""
+        frames, bad = unbatch(batch)
+        if bad:
+            self.stats.drop(
+                "malformed_frames",
+                "dropped %d malformed frame(s) of a batch on %s",
+                bad,
+                subject,
+                n=bad,
+            )
+        handlers = self.handlers
+        for frame in frames:
+            handlers[frame.kind](frame, subject, reply, link)
 
     # -- operations ----------------------------------------------------------------
 
@@ -378,6 +396,9 @@ class Transport:
             buffered=len(self.inbox),
             groups=len(self.groups.names()),
             connections=self.links.open_count(),
+        )
+        counters["batched_frames"] = (
+            counters.get("batched_frames", 0) + self.links.batched()
         )
         return counters
 

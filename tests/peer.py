@@ -51,6 +51,11 @@ async def handle(layer: Any, cmd: dict[str, Any]) -> Any:
         except ChannelFull:
             pass
         return sent
+    if op == "group_send_many":
+        # n group messages as fast as possible, numbered.
+        for i in range(cmd["n"]):
+            await layer.group_send(cmd["group"], {"type": "m", "i": i})
+        return cmd["n"]
     if op == "receive":
         return await asyncio.wait_for(layer.receive(cmd["channel"]), cmd["timeout"])
     if op == "receive_many":
