@@ -131,7 +131,9 @@ class CreditBatcher:
         self._send = send
         self._schedule_flush = schedule_flush
         self._lock = threading.Lock()
-        self._pending: dict[tuple[str, str], int] = {}
+        #: (origin, channel) -> [consumed, batch size]: the batch size is
+        #: asked once per batch, not on every receive.
+        self._pending: dict[tuple[str, str], list[int]] = {}
         self._flush_scheduled = False
 
     def consumed(self, origin: str, channel: str, n: int = 1) -> None:
@@ -149,11 +151,17 @@ class CreditBatcher:
         key = (origin, channel)
         schedule = False
         with self._lock:
-            count = self._pending.get(key, 0) + n
-            if count >= self._batch_of(channel):
-                self._pending.pop(key, None)
+            pending = self._pending
+            entry = pending.get(key)
+            if entry is None:
+                entry = [n, self._batch_of(channel)]
             else:
-                self._pending[key] = count
+                entry[0] += n
+            count = entry[0]
+            if count >= entry[1]:
+                pending.pop(key, None)
+            else:
+                pending[key] = entry
                 count = 0
                 if not self._flush_scheduled:
                     self._flush_scheduled = schedule = True
@@ -165,7 +173,7 @@ class CreditBatcher:
         with self._lock:
             pending, self._pending = self._pending, {}
             self._flush_scheduled = False
-        for (origin, channel), n in pending.items():
+        for (origin, channel), (n, _) in pending.items():
             self._send(origin, channel, n)
 
     def clear(self) -> None:

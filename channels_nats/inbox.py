@@ -157,6 +157,31 @@ class Inbox:
             wake(waiter)
         return accepted
 
+    def put_run(self, channel: str, entries: list[Entry]) -> None:
+        """Buffer ``entries`` for ``channel`` in order, beyond capacity (on credit).
+
+        :meth:`put` for each, under one lock: a batch's frames for one channel.
+        """
+        waiters: list[asyncio.Future[None]] = []
+        with self._lock:
+            if self._closed is not None:
+                return
+            buf = self._buffers.get(channel)
+            if buf is None:
+                buf = self._buffers[channel] = _Buffer()
+            expired = (
+                self._purge_expired(channel, buf, time.time()) if buf.items else []
+            )
+            buf.items.extend(entries)
+            for _ in entries:
+                waiter = _next_waiter(buf)
+                if waiter is None:
+                    break
+                waiters.append(waiter)
+        self._report_expired(channel, expired)
+        for fut in waiters:
+            wake(fut)
+
     def put_many(
         self, channels: list[str], entry: Entry, *, enforce_capacity: bool = True
     ) -> list[str]:

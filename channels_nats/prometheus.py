@@ -52,6 +52,7 @@ _HELP = {
     "malformed_frames": "Frames from the wire that could not be decoded",
     "handler_errors": "Messages dropped because a hub handler raised",
     "refused_channel_full": "send() calls that raised ChannelFull",
+    "batched_frames": "Frames sent inside a batch of frames to one subject",
     "pull_errors": "Failed JetStream pulls and consumer re-binds",
     "permission_violations": "Publishes or subscriptions the server refused",
     "connections_opened": "NATS connections the layer opened",

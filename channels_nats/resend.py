@@ -286,6 +286,26 @@ class Reassembly:
             self._ask(*ask)
         return False
 
+    def observe_run(
+        self, origin: str, stream: int, target: str, first: int, last: int
+    ) -> bool:
+        """Live frames ``first..last`` in a row arrived: True means deliver them all.
+
+        The batch fast path: true only where :meth:`observe` would have said
+        True to each in turn without asking anything (no gap open, the run
+        next in line or the first seen). False changes nothing: the caller
+        then observes each frame.
+        """
+        key = (origin, stream, target)
+        with self._lock:
+            if self._gaps and key in self._gaps:
+                return False
+            seen = self._last(key)
+            if seen is not None and first != seen + 1:
+                return False
+            self._current[key] = last
+            return True
+
     def resent(
         self, origin: str, stream: int, target: str, seq: int, item: Any
     ) -> None:

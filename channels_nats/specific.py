@@ -215,6 +215,40 @@ class SpecificChannels:
             channel, Entry(sent_at, body, frame.origin), enforce_capacity=False
         )
 
+    def on_direct_run(self, frames: list[Frame], subject: str, link: Link) -> None:
+        """DIRECT frames of one batch for one channel, numbered in a row.
+
+        One gap check, one name check and one buffer lock for the run when
+        nothing is missing; else each frame takes :meth:`on_direct`.
+        """
+        first = frames[0]
+        channel, _, _, seq, link_no = first.args
+        if not self.gaps.observe_run(
+            first.origin, link_no, channel, seq, seq + len(frames) - 1
+        ):
+            for frame in frames:
+                self.on_direct(frame, subject, "", link)
+            return
+        head = channel.split("!", 1)[0]
+        if head != self.client_id and not head.endswith(self._dot_client_id):
+            self.stats.drop(
+                "refused_direct",
+                "dropped %d frame(s) for %s, not a channel of this process",
+                len(frames),
+                channel,
+                n=len(frames),
+            )
+            return
+        origin = first.origin
+        new = tuple.__new__  # Entry(...) goes through a Python-level __new__
+        self.inbox.put_run(
+            channel,
+            [
+                new(Entry, (f.args[1], f.args[2], origin, None, 0.0, False))
+                for f in frames
+            ],
+        )
+
     def on_held(self, frame: Frame, subject: str, reply: str, link: Link) -> None:
         """A DIRECT_HELD frame: sent while its sender's link was down."""
         channel, _, _, seq, link_no = frame.args

@@ -33,6 +33,7 @@ COUNTERS = (
     "handler_errors",  # a hub subscription's handler raised (message dropped)
     "refused_channel_full",  # send() raised ChannelFull
     "credit_waits",  # a send found its window used up and waited for credit
+    "batched_frames",  # frames sent inside a batch, not as a NATS message of their own
     "refused_link_down",  # send()/group_send() raised LinkDown (outage too long)
     "stalls",  # a link's liveness PING went unanswered (frozen server or network)
     "pull_errors",  # failed JetStream pulls and re-binds (the fetcher retries)

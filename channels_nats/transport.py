@@ -268,8 +268,33 @@ class Transport:
                 n=bad,
             )
         handlers = self.handlers
-        for frame in frames:
-            handlers[frame.kind](frame, subject, reply, link)
+        on_run = self.specific.on_direct_run
+        i, end = 0, len(frames)
+        while i < end:
+            frame = frames[i]
+            if frame.kind != DIRECT:
+                handlers[frame.kind](frame, subject, reply, link)
+                i += 1
+                continue
+            # A run: DIRECT frames for one channel over one link, numbered
+            # in a row (a burst of sends to one consumer).
+            channel, _, _, seq, link_no = frame.args
+            j = i + 1
+            while j < end:
+                args = frames[j].args
+                if (
+                    frames[j].kind != DIRECT
+                    or args[0] != channel
+                    or args[3] != seq + j - i
+                    or args[4] != link_no
+                ):
+                    break
+                j += 1
+            if j - i == 1:
+                handlers[DIRECT](frame, subject, reply, link)
+            else:
+                on_run(frames[i:j], subject, link)
+            i = j
 
     # -- operations ----------------------------------------------------------------
 
@@ -397,9 +422,7 @@ class Transport:
             groups=len(self.groups.names()),
             connections=self.links.open_count(),
         )
-        counters["batched_frames"] = (
-            counters.get("batched_frames", 0) + self.links.batched()
-        )
+        counters["batched_frames"] += self.links.batched()
         return counters
 
 

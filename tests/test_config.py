@@ -40,6 +40,7 @@ def test_parse_config_without_arguments_gives_the_defaults() -> None:
     assert cfg.max_outstanding_pings == 3
     assert cfg.pending_size == 8 * 1024 * 1024
     assert cfg.credit_wait == 0.005
+    assert cfg.batch_frames is True
     assert dict(cfg.connect_options) == {}
 
 
@@ -144,6 +145,8 @@ INVALID = [
     ("reconnect_time_wait", -1),
     ("credit_wait", -0.001),
     ("credit_wait", "5ms"),
+    ("batch_frames", 1),
+    ("batch_frames", "false"),
 ]
 
 

@@ -34,6 +34,29 @@ def test_frames_in_order_pass_straight_through() -> None:
     assert rx.asked == [] and rx.r.open_gaps == 0
 
 
+def test_a_run_next_in_line_passes_whole_and_moves_the_numbering_on() -> None:
+    rx = Receiver()
+    assert rx.r.observe_run("o", 0, "t", 1, 50)  # the first seen
+    assert rx.r.observe_run("o", 0, "t", 51, 60)
+    rx.live(61)
+    assert rx.delivered == [61]
+    assert rx.asked == [] and rx.r.open_gaps == 0
+
+
+def test_a_run_out_of_line_or_behind_a_gap_is_left_to_observe() -> None:
+    rx = Receiver()
+    rx.live(1)
+    assert not rx.r.observe_run("o", 0, "t", 3, 9)  # 2 missing
+    assert rx.asked == []  # nothing asked, nothing moved: observe() decides
+    rx.live(3)  # opens the gap for 2
+    assert rx.asked == [("o", 0, "t", 2, 2)]
+    assert not rx.r.observe_run("o", 0, "t", 4, 9)  # the gap is still open
+    rx.live(4)
+    assert rx.delivered == [1]
+    rx.r.resent("o", 0, "t", 2, 2)
+    assert rx.delivered == [1, 2, 3, 4]
+
+
 def test_a_gap_holds_later_frames_until_the_resend_fills_it() -> None:
     rx = Receiver()
     rx.live(1)

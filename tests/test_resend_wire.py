@@ -58,6 +58,29 @@ async def test_a_dropped_frame_to_a_channel_is_resent_in_order(
     assert receiver.stats()["lost_in_transit"] == 0
 
 
+async def test_a_batch_behind_a_dropped_frame_waits_for_the_resend(
+    make_layer: LayerFactory,
+) -> None:
+    """Frames of a batch behind a gap take the frame-by-frame path and wait."""
+    receiver, sender = make_layer(), make_layer()
+    channel = await receiver.new_channel()
+    await sender.send(channel, {"n": "1"})
+    assert await receive_n(receiver, channel, 1) == ["1"]
+    subject = sender.transport.subjects.process(receiver.transport.client_id)
+    await drop_one(sender, DIRECT, channel, subject, keep=True)
+    for n in range(3, 9):  # no yield in between: one batch
+        await sender.send(channel, {"n": str(n)})
+    expected = ["dropped"] + [str(n) for n in range(3, 9)]
+    assert await receive_n(receiver, channel, 7) == expected
+    # Then a batch next in line again takes the fast path.
+    for n in range(9, 12):
+        await sender.send(channel, {"n": str(n)})
+    assert await receive_n(receiver, channel, 3) == ["9", "10", "11"]
+    assert sender.stats()["batched_frames"] >= 9
+    assert sender.stats()["resent"] == 1
+    assert receiver.stats()["lost_in_transit"] == 0
+
+
 async def test_a_dropped_group_message_is_resent_to_the_process_that_missed_it(
     make_layer: LayerFactory,
 ) -> None:

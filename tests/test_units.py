@@ -380,6 +380,18 @@ async def test_inbox_two_waiters_each_get_one_message() -> None:
     assert len(probe.inbox) == 0
 
 
+async def test_inbox_a_run_wakes_one_waiter_per_message_in_order() -> None:
+    probe = InboxProbe(capacity=2)
+    waiting = [asyncio.create_task(probe.inbox.get("c")) for _ in range(3)]
+    for task in waiting:
+        await wait_until_waiting(task)
+    run = [entry(b"%d" % i, origin="o") for i in range(5)]
+    probe.inbox.put_run("c", run)  # beyond capacity: it came on credit
+    assert [await task for task in waiting] == run[:3]
+    assert [await probe.inbox.get("c") for _ in range(2)] == run[3:]
+    assert probe.stats.snapshot()["dropped_capacity"] == 0
+
+
 async def test_inbox_one_message_wakes_exactly_one_of_two_waiters() -> None:
     probe = InboxProbe()
     first = asyncio.create_task(probe.inbox.get("c"))
