@@ -217,21 +217,30 @@ class Inbox:
         """Wait for and take the next unexpired message of ``channel``."""
         # Looked up only to wait: it costs a system call on Python 3.10-3.11.
         loop: asyncio.AbstractEventLoop | None = None
+        lock = self._lock
         while True:
-            with self._lock:
+            lock.acquire()  # not ``with``: 0.1 µs less on the receive path
+            try:
                 if self._closed is not None:
                     raise LayerClosed("the channel layer was closed") from self._closed
                 buf = self._buffers.get(channel)
                 if buf is None:
                     buf = self._buffers[channel] = _Buffer()
-                expired = self._purge_expired(channel, buf, time.time())
-                entry = buf.popleft() if buf.items else None
+                items = buf.items
+                if items and items[0].sent_at < time.time() - self._expiry:
+                    expired = self._purge_expired(channel, buf, time.time())
+                else:
+                    expired = []
+                entry = buf.popleft() if items else None
                 if entry is None:
                     if loop is None:
                         loop = asyncio.get_running_loop()
                     fut: asyncio.Future[None] = loop.create_future()
                     buf.waiters.append(fut)
-            self._report_expired(channel, expired)
+            finally:
+                lock.release()
+            if expired:
+                self._report_expired(channel, expired)
             if entry is not None:
                 return entry
             try:

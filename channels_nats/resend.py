@@ -103,7 +103,9 @@ class Retained:
         seq: int,
     ) -> None:
         frames = self._frames
-        with self._lock:
+        lock = self._lock
+        lock.acquire()  # not ``with``: 0.1 µs less on the send path
+        try:
             # tuple.__new__: Kept(...) goes through a Python-level __new__.
             frames.append(
                 _new_kept(Kept, (at, kind, target, subject, sent_at, body, seq))
@@ -117,6 +119,8 @@ class Retained:
                 # A sender at its limit would trim one frame per send; going
                 # a sixteenth below the limits trims once per many sends.
                 self._trim(at, self.max_bytes // 16, self.max_frames // 16)
+        finally:
+            lock.release()
 
     def _trim(self, now: float, bytes_below: int = 0, frames_below: int = 0) -> None:
         # Lock held.
