@@ -64,12 +64,11 @@ class GuardedClient(Client):
         self._tail_subject = ""
         self._tail: bytes | None = None
         self._tail_frame: bytes | None = None
-        # ... and, once it is a batch: its PUB line and payload, where the
-        # line's length digits start, the payload's size and frames, and
-        # the size it may grow to.
+        # ... and, once it is a batch (the buffer then ends in its PUB line,
+        # its payload and its line end): the payload, the line's length, the
+        # payload's size and frames, and the size it may grow to.
         self._tail_body: bytearray | None = None
-        self._tail_line = bytearray()
-        self._tail_digits = 0
+        self._tail_line_size = 0
         self._tail_size = 0
         self._tail_count = 0
         self._tail_limit = 0
@@ -160,9 +159,11 @@ class GuardedClient(Client):
                     length = count + 3
                     body[1] = length >> 8
                     body[2] = length & 0xFF
-                    line = self._tail_line
-                    old = len(line)
-                    line[self._tail_digits :] = b"%d\r\n" % size
+                    # A new line, not the old one rewritten: a third cheaper.
+                    line = b"%b%d\r\n" % (self._heads[subject], size)
+                    pending[-3] = line
+                    old = self._tail_line_size
+                    self._tail_line_size = len(line)
                     self._pending_data_size = grown - 1 + len(line) - old
                     self._tail_size = size
                     self._tail_count = count
@@ -189,8 +190,7 @@ class GuardedClient(Client):
         assert lone is not None
         limit = min(BATCH_BYTES, self._max_payload)
         size = 3 + len(head) + len(lone) + len(frame)
-        prefix = self._heads[subject]
-        line = bytearray(b"%b%d\r\n" % (prefix, size))
+        line = b"%b%d\r\n" % (self._heads[subject], size)
         old = len(pending[-1])
         grown = self._pending_data_size - old + len(line) + size + 2
         if size > limit or 0 < self._max_pending_size < grown:
@@ -207,8 +207,7 @@ class GuardedClient(Client):
         self._tail = end
         self._tail_body = body
         self._tail_frame = None
-        self._tail_line = line
-        self._tail_digits = len(prefix)
+        self._tail_line_size = len(line)
         self._tail_size = size
         self._tail_count = 2
         self._tail_limit = limit

@@ -17,7 +17,7 @@ import concurrent.futures
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from typing import Any, TypeVar
 
 import msgpack
@@ -242,7 +242,7 @@ class Link:
         except nats.errors.Error as exc:
             raise NatsLayerError(f"publish to {subject} failed: {exc!r}") from exc
 
-    async def publish_data(
+    def publish_data(
         self,
         subject: str,
         kind: int,
@@ -250,11 +250,15 @@ class Link:
         target: str,
         sent_at: float,
         body: bytes,
-    ) -> int:
+    ) -> int | Coroutine[Any, Any, int]:
         """Number and publish a data frame; return its sequence number.
 
-        Call it on this link's loop: nats-py appends to its buffer before it
-        can yield, so numbers go out in the order they were given.
+        Where nats-py's buffer takes the frame at once (nearly always), this
+        is done without a coroutine and the number is returned; else what is
+        returned is a coroutine to await, which publishes the frame through
+        nats-py's ``publish()`` and returns the number. Call it on this
+        link's loop: nats-py appends to its buffer before it can yield, so
+        numbers go out in the order they were given.
         """
         nc = self._require_nc()
         now = time.monotonic()
@@ -267,13 +271,32 @@ class Link:
         if origin != self._batch_origin:
             self._batch_origin = origin
             self._batch_head = batch_head(origin)
+        if not (
+            nc.publish_frame(subject, frame, self._batch_head)
+            if self._batching
+            else nc.publish_now(subject, frame)
+        ):
+            return self._publish_data_later(
+                nc, subject, frame, kind, target, sent_at, body, seq, now
+            )
+        self.retained.keep(now, kind, target, subject, sent_at, body, seq)
+        return seq
+
+    async def _publish_data_later(
+        self,
+        nc: GuardedClient,
+        subject: str,
+        frame: bytes,
+        kind: int,
+        target: str,
+        sent_at: float,
+        body: bytes,
+        seq: int,
+        now: float,
+    ) -> int:
+        """The rest of :meth:`publish_data` where nats-py's ``publish()`` is needed."""
         try:
-            if not (
-                nc.publish_frame(subject, frame, self._batch_head)
-                if self._batching
-                else nc.publish_now(subject, frame)
-            ):
-                await nc.publish(subject, frame)
+            await nc.publish(subject, frame)
         except nats.errors.Error as exc:
             # nats-py raises before it buffers anything: take the number
             # back, so that no receiver waits for (or is resent) this frame.

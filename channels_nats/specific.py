@@ -34,6 +34,11 @@ if TYPE_CHECKING:
 __all__ = ["SpecificChannels"]
 
 CREDIT_FLUSH_DELAY = 0.02
+#: A body at least this far below ``max_payload`` fits in a frame whatever
+#: its target: names are shorter than 100 characters (400 bytes of UTF-8),
+#: the client id is 12 and the envelope at most DATA_OVERHEAD. The send paths
+#: skip :meth:`SpecificChannels.check_size` for such bodies.
+NAME_ROOM = 1024
 MAX_ROUTES = 8192
 
 

@@ -57,7 +57,7 @@ from .serializers import (
     unbatch,
     unpack_frame,
 )
-from .specific import SpecificChannels
+from .specific import NAME_ROOM, SpecificChannels
 from .stats import Stats
 from .subjects import Subjects
 
@@ -319,7 +319,8 @@ class Transport:
         if link is None or not link.usable:
             link = await self.links.link()
             here = runs_here(link.loop)  # or the I/O thread's
-        self.check_size(body, channel)
+        if len(body) > self.links.max_payload - NAME_ROOM:
+            self.check_size(body, channel)
         home = self.links.home
         if home is not link and (home is None or not home.usable):
             # Credits for this send come back on our control subject.
@@ -333,9 +334,11 @@ class Transport:
             raise ChannelFull(channel)
         try:
             if here:
-                await link.publish_data(
+                done = link.publish_data(
                     subject, DIRECT, self.client_id, channel, now, body
                 )
+                if not isinstance(done, int):
+                    await done
             else:
                 link.publish_data_threadsafe(
                     subject, DIRECT, self.client_id, channel, now, body
@@ -385,16 +388,16 @@ class Transport:
         if link is None or not link.usable:
             link = await self.links.link()
             here = runs_here(link.loop)  # or the I/O thread's
-        self.check_size(body, group)
+        if len(body) > self.links.max_payload - NAME_ROOM:
+            self.check_size(body, group)
         subject = self.subjects.group(group)
         home = self.links.home
         if home is not link and (home is None or not home.usable):
             # Receivers that miss a frame ask us on our control subject.
             await self.home()
         if here:
-            seq = await link.publish_data(
-                subject, GROUP, self.client_id, group, now, body
-            )
+            done = link.publish_data(subject, GROUP, self.client_id, group, now, body)
+            seq = done if isinstance(done, int) else await done
         else:
             seq = link.publish_data_threadsafe(
                 subject, GROUP, self.client_id, group, now, body

@@ -260,3 +260,33 @@ async def test_a_batch_with_bad_members_delivers_the_rest(nats_server, prefix, l
     got = [await asyncio.wait_for(layer.receive(channel), 5) for _ in range(3)]
     assert [m["i"] for m in got] == [1, 2, 3]
     assert layer.stats()["malformed_frames"] - before == 1
+
+
+@pytest.mark.parametrize("batching", [True, False])
+async def test_sends_past_a_full_client_buffer_wait_for_it_in_order(
+    make_layer, monkeypatch, batching
+):
+    """Where nats-py's buffer is full, a send awaits nats-py's publish instead."""
+    from channels_nats.link import Link
+
+    slow = 0
+    later = Link._publish_data_later
+
+    async def counted(self: Link, *args: Any) -> int:
+        nonlocal slow
+        slow += 1
+        return await later(self, *args)
+
+    monkeypatch.setattr(Link, "_publish_data_later", counted)
+    receiver = make_layer(capacity=500)
+    sender = make_layer(capacity=500, pending_size=4096, batch_frames=batching)
+    channel = await receiver.new_channel()
+    pad = "x" * 1000
+    for i in range(300):  # about 1 KB each, no yield in between
+        await sender.send(channel, {"type": "m", "i": i, "pad": pad})
+    got = [
+        (await asyncio.wait_for(receiver.receive(channel), 5))["i"] for _ in range(300)
+    ]
+    assert got == list(range(300))
+    assert slow > 0  # the buffer filled, and those sends took the slow path
+    assert receiver.stats()["lost_in_transit"] == 0

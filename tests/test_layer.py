@@ -529,6 +529,23 @@ async def test_close_keeps_channels_their_messages_and_memberships(make_layer):
     assert receiver.stats()["buffered"] == 0
 
 
+async def test_a_body_near_max_payload_with_a_long_name_is_refused(layer, other):
+    """The size check counts the name's bytes; only small bodies skip it."""
+    mine = await layer.new_channel()
+    head = mine.split("!", 1)[0] + "!"
+    channel = head + "ü" * (99 - len(head))  # 99 characters, ~170 bytes
+    await other.send(mine, {"type": "connect"})  # connects, learns max_payload
+    limit = other.transport.links.max_payload
+    body = b"x" * (limit - 150)
+    with pytest.raises(MessageTooLarge):
+        await other.send(channel, {"b": body})
+    with pytest.raises(MessageTooLarge):
+        await other.group_send("g", {"b": body + b"x" * 100})
+    await other.send(mine, {"b": b"x" * (limit - 2000)})  # well below: it goes
+    assert await recv(layer, mine) == {"type": "connect"}
+    assert len((await recv(layer, mine))["b"]) == limit - 2000
+
+
 async def test_a_local_send_over_max_payload_is_refused_like_a_remote_one(
     make_layer,
 ):

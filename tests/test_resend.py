@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from channels_nats.resend import Reassembly, Retained
+from channels_nats.resend import AGE_EVERY, Reassembly, Retained
 
 
 class Receiver:
@@ -170,7 +170,17 @@ def test_retained_finds_ranges_and_forgets_by_age_bytes_and_count() -> None:
     assert sum(len(k.body) for k in kept.find("t", 1, 9)) <= 100
     now[0] = 30.0
     kept.keep(30.0, 0, "t", "subj", 0.0, b"", 7)  # the rest is too old
-    assert [k.seq for k in kept._frames] == [7]
+    assert [k.seq for k in kept.find("t", 1, 9)] == [7]  # a lookup ages first
+    assert len(kept) == 1
+
+
+def test_retained_forgets_old_frames_within_a_few_sends_without_lookups() -> None:
+    kept = Retained(max_age=10.0, max_bytes=10**9, max_frames=10**6)
+    kept.keep(1.0, 0, "t", "subj", 0.0, b"x", 1)
+    for seq in range(2, 2 + AGE_EVERY):  # 20 s later: frame 1 is too old
+        kept.keep(21.0, 0, "t", "subj", 0.0, b"x", seq)
+    assert len(kept) == AGE_EVERY  # it went within AGE_EVERY sends
+    assert [k[6] for k in kept._frames] == list(range(2, 2 + AGE_EVERY))
 
 
 def test_retained_over_a_limit_goes_a_sixteenth_below_it_and_never_above() -> None:
@@ -182,7 +192,7 @@ def test_retained_over_a_limit_goes_a_sixteenth_below_it_and_never_above() -> No
     assert max(sizes) == 160
     # Over 160, trimmed to 150; then ten sends without trimming.
     assert sizes[159:172] == [160, 150, *range(151, 161), 150]
-    assert [k.seq for k in kept._frames] == list(range(1001 - len(kept), 1001))
+    assert [k[6] for k in kept._frames] == list(range(1001 - len(kept), 1001))
     # A resend lookup trims only what is over a limit, not below it.
     assert len(kept.find("t", 1, 10**6)) == len(kept)
 
