@@ -30,6 +30,25 @@ def msg(subject: bytes, sid: int, payload: bytes, reply: bytes = b"") -> bytes:
     return head + payload + b"\r\n"
 
 
+def hmsg(
+    subject: bytes, sid: int, header: bytes, payload: bytes, reply: bytes = b""
+) -> bytes:
+    head = b"HMSG %b %d %b%d %d\r\n" % (
+        subject,
+        sid,
+        reply + b" " if reply else b"",
+        len(header),
+        len(header) + len(payload),
+    )
+    return head + header + payload + b"\r\n"
+
+
+# Header blocks as a server forwards them from any publisher: nats-py's own
+# HMSG pattern misreads the lengths of the second and third (with a payload
+# of digits), which is how a hostile publisher made subscribers reconnect.
+HEADERS = [b"NATS/1.0\r\nA: b\r\n\r\n", b"\r\n\r\n", b"\r\n", b"NATS/1.0", b""]
+
+
 def client() -> tuple[GuardedClient, list[Any], list[Any]]:
     got: list[Any] = []
     bad: list[Any] = []
@@ -44,13 +63,23 @@ frames = st.lists(
         st.tuples(
             st.sampled_from([OURS, ALSO_OURS, OTHER]),
             st.sampled_from([b"asgi.p.a", b"asgi.g.room"]),
-            st.binary(max_size=300),
+            st.binary(max_size=300) | st.sampled_from([b"9", b"12", b"7\r\n"]),
             st.sampled_from([b"", b"_INBOX.x"]),
+            st.none() | st.sampled_from(HEADERS),
         ),
-        st.just(b"+OK\r\n"),
+        st.sampled_from([b"+OK\r\n", b"PONG\r\n"]),
     ),
     max_size=40,
 )
+
+
+def _wire(f: Any) -> bytes:
+    if isinstance(f, bytes):
+        return f
+    sid, subject, payload, reply, header = f
+    if header is None:
+        return msg(subject, sid, payload, reply)
+    return hmsg(subject, sid, header, payload, reply)
 
 
 @settings(max_examples=300, deadline=None)
@@ -58,9 +87,7 @@ frames = st.lists(
 def test_every_frame_is_delivered_once_in_order_wherever_the_reads_are_cut(
     frames: list[Any], cuts: list[int]
 ) -> None:
-    wire = b"".join(
-        f if isinstance(f, bytes) else msg(f[1], f[0], f[2], f[3]) for f in frames
-    )
+    wire = b"".join(_wire(f) for f in frames)
     expected = [
         (f[0], f[1].decode(), f[2], f[3].decode())
         for f in frames
@@ -137,3 +164,68 @@ async def test_a_real_server_burst_of_mixed_sizes_arrives_intact_and_in_order(
         await nc.close()
     assert [int.from_bytes(d[:4], "big") for d in got] == list(range(len(sizes)))
     assert [len(d) for d in got] == [4 * (s // 4 + 1) for s in sizes]
+
+
+async def test_header_blocks_that_mislead_nats_py_change_nothing_for_any_subscriber(
+    nats_server: NatsServer,
+) -> None:
+    # A raw publisher's HPUB with the header block "\r\n\r\n" and a payload
+    # of digits: nats-py's parser read it with the wrong lengths, lost its
+    # place in the stream and reconnected, dropping what was in flight.
+    got: list[bytes] = []
+    queued: list[tuple[bytes, dict[str, str] | None]] = []
+    done = asyncio.Event()
+    disconnects: list[str] = []
+
+    async def disconnected() -> None:
+        disconnects.append("disconnected")
+
+    bad: list[bytes] = []
+    nc = GuardedClient(lambda subject, exc: bad.append(subject))
+    await nc.connect(
+        nats_server.url, allow_reconnect=False, disconnected_cb=disconnected
+    )
+    try:
+        ours = await nc.subscribe("wire.hostile")
+
+        def handler(subject: str, data: bytes, reply: str) -> None:
+            got.append(data)
+
+        nc.direct[ours._id] = handler
+
+        async def nats_py_path(msg: Any) -> None:  # a subscription nats-py serves
+            queued.append((msg.data, msg.headers))
+            if msg.data == b"end":
+                done.set()
+
+        await nc.subscribe("wire.other", cb=nats_py_path)
+        await nc.flush()
+        reader, writer = await asyncio.open_connection("127.0.0.1", nats_server.port)
+        await reader.readline()  # INFO
+        writer.write(b'CONNECT {"verbose":false,"headers":true}\r\n')
+        for subject in (b"wire.hostile", b"wire.other"):
+            for header in HEADERS[1:]:
+                for payload in (b"9", b"12", b"x"):
+                    line = b"HPUB %b %d %d\r\n" % (
+                        subject,
+                        len(header),
+                        len(header) + len(payload),
+                    )
+                    writer.write(line + header + payload + b"\r\n")
+        end = HEADERS[0]
+        writer.write(b"HPUB wire.other %d %d\r\n" % (len(end), len(end) + 3))
+        writer.write(end + b"end\r\n")
+        await writer.drain()
+        await asyncio.wait_for(done.wait(), 10)
+        writer.close()
+        assert not disconnects
+        assert nc.is_connected
+    finally:
+        await nc.close()
+    sent = [p for _ in HEADERS[1:] for p in (b"9", b"12", b"x")]
+    assert got == sent  # inline: the payload, whatever the header block
+    # nats-py parses the header block of its subscriptions' frames; the ones
+    # it chokes on are counted and dropped by the client's guard.
+    assert queued[-1] == (b"end", {"A": "b"})
+    assert len(queued) - 1 + len(bad) == len(sent)
+    assert set(bad) == {b"wire.other"}
