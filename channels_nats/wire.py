@@ -167,8 +167,17 @@ class FastParser(Parser):
                         )
                         pos = stop + 2
                         return frame
-                    text = subject.decode()
-                    reply_text = reply.decode()
+                    try:
+                        text = subject.decode()
+                        reply_text = reply.decode()
+                    except UnicodeDecodeError as exc:
+                        # A wildcard subscription takes any subject's bytes.
+                        stop = end + 2 + length
+                        if stop + 2 > size:
+                            return True
+                        pos = stop + 2
+                        nc.bad_frame(subject, exc)
+                        continue
                     if not headers and not reply:
                         self._last = (
                             b"MSG %b %d " % (subject, sid),

@@ -119,6 +119,17 @@ def test_a_frame_of_a_subscription_just_removed_is_not_delivered() -> None:
     assert [(sid, data) for sid, _, data, _ in got] == [(OURS, b"1"), (ALSO_OURS, b"3")]
 
 
+def test_a_subject_that_is_not_utf8_is_reported_and_the_next_frames_still_arrive() -> (
+    None
+):
+    nc, got, bad = client()
+    wire = msg(b"asgi.r.\xff", OURS, b"1") + msg(b"asgi.p.a", ALSO_OURS, b"2")
+    asyncio.run(nc._ps.parse(wire))
+    assert [data for _, _, data, _ in got] == [b"2"]
+    assert [subject for subject, _ in bad] == [b"asgi.r.\xff"]
+    assert not nc._ps.buf
+
+
 def test_a_handler_that_raises_is_reported_and_the_next_frames_still_arrive() -> None:
     nc, got, bad = client()
 
