@@ -152,29 +152,26 @@ class FastParser(Parser):
                     subject, sid, reply, head, length = _read_line(
                         bytes(buf[pos + skip : end]), headers
                     )
+                start = end + 2
+                stop = start + length
+                if stop + 2 > size:
+                    return True  # the payload is not complete yet
+                if handler is None:
                     handler = direct.get(sid)
-                    if handler is None:
-                        stop = end + 2 + length
-                        if stop + 2 > size:
-                            return True
-                        start = end + 2
-                        frame = (
+                    if handler is None:  # a subscription nats-py dispatches
+                        pos = stop + 2
+                        return (
                             sid,
                             subject,
                             reply,
                             bytes(buf[start + head : stop]),
                             bytes(buf[start : start + head]),
                         )
-                        pos = stop + 2
-                        return frame
                     try:
                         text = subject.decode()
                         reply_text = reply.decode()
                     except UnicodeDecodeError as exc:
                         # A wildcard subscription takes any subject's bytes.
-                        stop = end + 2 + length
-                        if stop + 2 > size:
-                            return True
                         pos = stop + 2
                         nc.bad_frame(subject, exc)
                         continue
@@ -185,10 +182,6 @@ class FastParser(Parser):
                             sid,
                             handler,
                         )
-                start = end + 2
-                stop = start + length
-                if stop + 2 > size:
-                    return True  # the payload is not complete yet
                 payload = view[start + head : stop].tobytes()
                 pos = stop + 2
                 stats["in_msgs"] += 1
