@@ -193,9 +193,13 @@ class Consumer(Role):
         now = time.perf_counter()
         if not self.count:
             self.first = now
+            # CPU of the whole process (every thread), read twice a run: a
+            # CPU clock is a system call, not a vDSO read.
+            self.cpu_first = time.process_time()
         self.count += 1
         self.last = now
         if self.count >= self.params["n"] and not self.done.done():
+            self.cpu_last = time.process_time()
             self.done.set_result(None)
 
     async def _consume(self) -> None:
@@ -207,7 +211,11 @@ class Consumer(Role):
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(asyncio.shield(self.done), params["timeout"])
         span = max(self.last - self.first, 1e-9)
-        return {"received": self.count, "rate": self.count / span}
+        result = {"received": self.count, "rate": self.count / span}
+        if self.done.done() and self.count > 1:
+            cpu = self.cpu_last - self.cpu_first
+            result["cpu_us"] = cpu * 1e6 / (self.count - 1)
+        return result
 
     async def close(self) -> None:
         if self.impl != "raw":
@@ -220,6 +228,7 @@ class Producer(Role):
         n, full = params["n"], 0
         message = {"type": "m", "pad": "x" * 64}
         started = time.perf_counter()
+        cpu = time.process_time()
         if self.impl == "raw":
             payload = b"x" * 100
             for _ in range(n):
@@ -238,6 +247,7 @@ class Producer(Role):
             "sent": n,
             "channel_full": full,
             "seconds": time.perf_counter() - started,
+            "cpu_us": (time.process_time() - cpu) * 1e6 / n,
         }
 
 

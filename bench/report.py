@@ -13,6 +13,10 @@ SEND_METRICS = [
     ("lost", "lost", False),
     ("channel_full", "ChannelFull back-offs", False),
     ("channel_full_per_10k", "ChannelFull per 10k sends", False),
+    ("producer_cpu_us", "producer CPU µs/msg", False),
+    ("consumer_cpu_us", "consumer CPU µs/msg", False),
+    ("server_cpu_us", "nats-server CPU µs/msg", False),
+    ("nats_msgs_per_100", "NATS msgs per 100 sent", False),
 ]
 
 # scenario -> [(metric, label, higher is better)]
@@ -24,6 +28,7 @@ METRICS: dict[str, list[tuple[str, str, bool]]] = {
     ],
     "send": SEND_METRICS,
     "send_1000": SEND_METRICS,
+    "send_unbounded": SEND_METRICS,
     "fanout": [
         ("deliveries_per_s", "deliveries/s", True),
         ("p50_us", "p50 µs", False),
@@ -74,6 +79,9 @@ TITLES = {
     "rtt": "rtt: ping-pong over specific channels (2 processes)",
     "send": "send: one producer to one consumer's channel, capacity 100 (default)",
     "send_1000": "send_1000: the same at capacity 1000",
+    "send_unbounded": (
+        "send_unbounded: the same at capacity 1,000,000 (credit never runs out)"
+    ),
     "fanout": "fanout: 4 processes x 250 channels in one group, one sender",
     "rooms": "rooms: 500 groups x 4 members over 2 processes, open loop",
     "rooms_rate": "rooms at a fixed rate (1000 group_send/s)",

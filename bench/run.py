@@ -25,6 +25,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
@@ -130,10 +131,34 @@ class Agent:
 
 
 class Env:
-    def __init__(self, agents: list[Agent], servers: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        agents: list[Agent],
+        servers: dict[str, Any],
+        nats: NatsServer | None = None,
+    ) -> None:
         self.agents = agents
         self.servers = servers
+        self.nats = nats
         self._ids = itertools.count()
+
+    def nats_counters(self) -> tuple[float, int] | None:
+        """The nats-server's CPU seconds so far and messages it took in.
+
+        None where they cannot be read (not Linux, no monitoring port).
+        """
+        server = self.nats
+        if server is None or server.pid is None:
+            return None
+        try:
+            with open(f"/proc/{server.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            with urllib.request.urlopen(server.monitor_url + "/varz", timeout=5) as r:
+                varz = json.load(r)
+        except (OSError, RuntimeError, ValueError):
+            return None
+        cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return cpu, int(varz["in_msgs"])
 
     async def start(
         self, agent: Agent, role: str, impl: str, params: dict[str, Any]
@@ -197,16 +222,29 @@ async def send(env: Env, impl: str, p: dict[str, Any]) -> dict[str, Any]:
     producer = await env.start(env.agents[1], "producer", impl, params)
     try:
         receiving = asyncio.ensure_future(env.run(consumer, timeout=p["timeout"]))
+        before = env.nats_counters()
         sent = await env.run(
             producer, n=p["n"], target=consumer[2], subject=params["subject"]
         )
         got = await receiving
-        return {
+        after = env.nats_counters()
+        result = {
             "rate": got["rate"],
             "lost": p["n"] - got["received"],
             "channel_full": sent["channel_full"],
             "channel_full_per_10k": round(sent["channel_full"] * 10_000 / p["n"], 2),
+            # What bounds the rate: CPU per message of each of the three
+            # processes sharing the machine, and NATS messages per 100 sent
+            # (batches and credit frames).
+            "producer_cpu_us": round(sent["cpu_us"], 2),
         }
+        if "cpu_us" in got:
+            result["consumer_cpu_us"] = round(got["cpu_us"], 2)
+        if before is not None and after is not None:
+            n = p["n"]
+            result["server_cpu_us"] = round((after[0] - before[0]) * 1e6 / n, 2)
+            result["nats_msgs_per_100"] = round((after[1] - before[1]) * 100 / n, 2)
+        return result
     finally:
         await env.stop(consumer, producer)
 
@@ -340,6 +378,8 @@ SCENARIOS: dict[str, tuple[Scenario, tuple[str, ...]]] = {
     "rtt": (rtt, ("nats", "raw", "redis", "redis-pubsub")),
     "send": (send, ("nats", "raw", "redis", "redis-pubsub")),
     "send_1000": (send, ("nats", "raw", "redis")),
+    # Credit never runs out: what the per-message work alone allows.
+    "send_unbounded": (send, ("nats", "raw")),
     "fanout": (fanout, ("nats", "raw", "redis", "redis-pubsub")),
     "rooms": (rooms, ("nats", "raw", "redis", "redis-pubsub")),
     "rooms_rate": (rooms_rate, ("nats", "raw", "redis", "redis-pubsub")),
@@ -353,6 +393,7 @@ FULL: dict[str, dict[str, Any]] = {
     "rtt": {"n": 3000, "warmup": 300},
     "send": {"n": 30000, "capacity": 100, "timeout": 60},
     "send_1000": {"n": 30000, "capacity": 1000, "timeout": 60},
+    "send_unbounded": {"n": 30000, "capacity": 10**6, "timeout": 60},
     "fanout": {
         "procs": 4,
         "k": 250,
@@ -379,6 +420,7 @@ QUICK: dict[str, dict[str, Any]] = {
     "rtt": {"n": 500, "warmup": 100},
     "send": {"n": 10000, "capacity": 100, "timeout": 30},
     "send_1000": {"n": 10000, "capacity": 1000, "timeout": 30},
+    "send_unbounded": {"n": 10000, "capacity": 10**6, "timeout": 30},
     "fanout": {
         "procs": 4,
         "k": 250,
@@ -452,12 +494,12 @@ class Progress:
 async def main_async(args: argparse.Namespace, out: Path) -> Path:
     profile = QUICK if args.quick else FULL
     names = args.scenarios.split(",") if args.scenarios else list(SCENARIOS)
-    nats_server = NatsServer(name="bench").start()
+    nats_server = NatsServer(name="bench", monitor=True).start()
     redis = RedisServer()
     servers = {"nats": nats_server.url, "redis": redis.url}
     ctx = multiprocessing.get_context("spawn")
     agents = [Agent(ctx) for _ in range(5)]
-    env = Env(agents, servers)
+    env = Env(agents, servers, nats_server)
     records: list[dict[str, Any]] = []
     wanted = set(args.impls.split(",")) if args.impls else None
     total = args.reps * sum(
