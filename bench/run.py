@@ -240,7 +240,7 @@ async def send(env: Env, impl: str, p: dict[str, Any]) -> dict[str, Any]:
         }
         if "cpu_us" in got:
             result["consumer_cpu_us"] = round(got["cpu_us"], 2)
-        if before is not None and after is not None:
+        if impl in ("nats", "raw") and before is not None and after is not None:
             n = p["n"]
             result["server_cpu_us"] = round((after[0] - before[0]) * 1e6 / n, 2)
             result["nats_msgs_per_100"] = round((after[1] - before[1]) * 100 / n, 2)
