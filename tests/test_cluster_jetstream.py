@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 
+import nats.js.errors
 import pytest
 
 from channels_nats import NatsChannelLayer
+from channels_nats.normal.jetstream import ERR_NO_SUITABLE_PEERS
 from channels_nats.subjects import token
+from channels_nats.testing import NatsCluster
+from channels_nats.testing.waiting import await_until
 
 pytestmark = pytest.mark.cluster
 
@@ -116,3 +121,48 @@ async def test_a_waiting_receive_gets_each_message_once_after_the_leader_dies(
         with contextlib.suppress(Exception):
             await asyncio.to_thread(leader.restart)
         await asyncio.to_thread(nats_cluster.wait_until_formed, 30)
+
+
+async def test_a_stream_waits_for_its_replicas_while_a_node_joins(prefix, caplog):
+    """R3 placement refused for lack of servers is retried, not raised.
+
+    Two of three nodes run: the server refuses to place three replicas ("no
+    suitable peers for placement", 10005), which happens for real while a
+    cluster forms or a restarted node catches up. The send waits; once the
+    third node joins, the stream is placed and the message goes through.
+    """
+    caplog.set_level(logging.DEBUG, logger="channels_nats.normal.jetstream")
+    cluster = NatsCluster(3)
+    n1, n2, n3 = cluster.nodes
+    layer = None
+    try:
+        await asyncio.to_thread(n1.start)
+        await asyncio.to_thread(n2.start)
+        layer = NatsChannelLayer(
+            servers=[n1.url, n2.url], prefix=prefix, jetstream_replicas=3
+        )
+        sending = asyncio.ensure_future(
+            layer.send("joining-q", {"type": "m", "text": "placed"})
+        )
+
+        def refused_for_placement() -> bool:
+            if sending.done():
+                sending.result()  # raises what the send raised
+            return any(
+                isinstance(arg, nats.js.errors.BadRequestError)
+                and arg.err_code == ERR_NO_SUITABLE_PEERS
+                for record in caplog.records
+                if record.getMessage().endswith("retrying")
+                for arg in (record.args or ())
+            )
+
+        await await_until(refused_for_placement, TIMEOUT)
+        assert not sending.done(), "the send must wait for placement"
+        await asyncio.to_thread(n3.start)
+        await asyncio.wait_for(sending, TIMEOUT)
+        got = await asyncio.wait_for(layer.receive("joining-q"), TIMEOUT)
+        assert got == {"type": "m", "text": "placed"}
+    finally:
+        if layer is not None:
+            await layer.close()
+        await asyncio.to_thread(cluster.close)

@@ -42,6 +42,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 ERR_MAX_MSGS_PER_SUBJECT = 10077
+ERR_NO_SUITABLE_PEERS = 10005  # replicas cannot be placed (yet)
 ERR_STREAM_NAME_IN_USE = 10058
 ERR_STREAM_NOT_FOUND = 10059
 CONSUMER_INACTIVE = 3600.0
@@ -72,6 +73,14 @@ def consumer_name(channel: str) -> str:
 def _is_transient(exc: BaseException) -> bool:
     if isinstance(exc, _TRANSIENT):
         return True
+    # Too few servers to place the replicas on: a cluster forming, or a node
+    # restarting and not yet current. Retried until SETUP_DEADLINE, then
+    # raised: a cluster smaller than jetstream_replicas stays refused.
+    if (
+        isinstance(exc, nats.js.errors.BadRequestError)
+        and exc.err_code == ERR_NO_SUITABLE_PEERS
+    ):
+        return True
     # 503 without an error code: no JetStream leader yet (cluster elections).
     return (
         isinstance(exc, nats.js.errors.ServiceUnavailableError)
@@ -89,7 +98,8 @@ async def retry(fn: Callable[[], Awaitable[T]], what: str) -> T:
         except Exception as exc:
             if not _is_transient(exc) or time.monotonic() > deadline:
                 raise
-            logger.debug("%s: %r; retrying", what, exc)
+            # str(): nats-py's JetStream errors show their code only there.
+            logger.debug("%s: %s; retrying", what, exc)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
 

@@ -9,6 +9,7 @@ import urllib.request
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from .binary import HOST, free_port
 from .server import NatsServer
@@ -104,17 +105,23 @@ class NatsCluster:
             for r in routez.get("routes") or ()
         }
 
-    def _meta_leader(self, node: NatsServer) -> str | None:
+    def _meta(self, node: NatsServer) -> dict[str, Any]:
+        """``node``'s view of the JetStream meta group ({} if unreadable)."""
         try:
             jsz = node.monitor_get("jsz")
         except (OSError, urllib.error.URLError, ValueError):
-            return None
-        leader = (jsz.get("meta_cluster") or {}).get("leader")
+            return {}
+        meta: dict[str, Any] = jsz.get("meta_cluster") or {}
+        return meta
+
+    def _meta_leader(self, node: NatsServer) -> str | None:
+        leader = self._meta(node).get("leader")
         return str(leader) if leader else None
 
     def is_formed(self) -> bool:
         """All nodes run and route to each other; with JetStream, they also
-        agree on a meta leader (so streams can be created right away)."""
+        agree on a meta leader that counts every node and sees each of them
+        current (so replicated streams can be placed right away)."""
         if not all(n.running for n in self.nodes):
             return False
         want = len(self.nodes) - 1
@@ -122,12 +129,23 @@ class NatsCluster:
             return False
         if self.jetstream:
             leaders = {self._meta_leader(n) for n in self.nodes}
-            return len(leaders) == 1 and None not in leaders
+            if len(leaders) != 1 or None in leaders:
+                return False
+            # A meta leader elected while a peer still catches up refuses to
+            # place a stream on it ("no suitable peers for placement").
+            leader = next((n for n in self.nodes if n.name in leaders), None)
+            if leader is None:
+                return False
+            meta = self._meta(leader)
+            replicas = meta.get("replicas") or []
+            return meta.get("cluster_size") == len(self.nodes) and (
+                len(replicas) == want and all(r.get("current") for r in replicas)
+            )
         return True
 
     def wait_until_formed(self, timeout: float = 30.0) -> None:
         """Wait until every node routes to all others (and, with JetStream,
-        all nodes agree on a meta leader)."""
+        all nodes agree on a meta leader that sees every node current)."""
         try:
             wait_for(self.is_formed, timeout, interval=0.05)
         except AssertionError:
