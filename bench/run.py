@@ -25,7 +25,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
@@ -153,8 +152,7 @@ class Env:
         try:
             with open(f"/proc/{server.pid}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
-            with urllib.request.urlopen(server.monitor_url + "/varz", timeout=5) as r:
-                varz = json.load(r)
+            varz = server.monitor_get("varz", timeout=5)
         except (OSError, RuntimeError, ValueError):
             return None
         cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
